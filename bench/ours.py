@@ -1,0 +1,71 @@
+"""Start our service the way a developer runs it: Azurite, then ``python -m dicom_core serve``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.process import BenchmarkError, Server, free_port, stop, wait_until_answers
+from dicom_core.local import azurite
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+TABLE_PREFIX = "bench"
+
+
+def version() -> str:
+    """The commit of the working tree, for the results file (``unknown`` outside git)."""
+    result = subprocess.run(
+        ["git", "describe", "--always", "--dirty"],
+        cwd=REPOSITORY_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return f"dicom_core {result.stdout.strip() or 'unknown'}"
+
+
+@contextmanager
+def running(data: Path) -> Iterator[Server]:
+    """Run a fresh Azurite (files on disk in ``data``) and our server over it; stop both on exit."""
+    data.mkdir(parents=True, exist_ok=True)
+    try:
+        storage = azurite.start(data / "azurite", in_memory=False, log_file=data / "azurite.log")
+    except (FileNotFoundError, RuntimeError, TimeoutError) as error:
+        raise BenchmarkError(f"Azurite did not start: {error}") from error
+    try:
+        port = free_port()
+        environment = {
+            **os.environ,
+            "DicomLake": storage.connection_string,
+            "DICOM_TABLE_PREFIX": TABLE_PREFIX,
+        }
+        log = data / "server.log"
+        with open(log, "ab") as output:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "dicom_core",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                cwd=REPOSITORY_ROOT,
+                env=environment,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            base_url = f"http://127.0.0.1:{port}/v2"
+            wait_until_answers(f"{base_url}/health/check", process, log)
+            yield Server("ours", base_url, version(), data)
+        finally:
+            stop(process)
+    finally:
+        storage.stop()

@@ -1,0 +1,83 @@
+"""Helpers shared by the server launchers: free ports, waiting for HTTP, stopping processes."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+class BenchmarkError(RuntimeError):
+    """A server or a scenario did not behave as the benchmark needs; the message says why."""
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a log file, for error messages."""
+    if not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_until_answers(
+    url: str,
+    process: subprocess.Popen,
+    log: Path,
+    *,
+    timeout: float = 60.0,
+    ready: Callable[[httpx.Response], bool] = lambda response: True,
+) -> httpx.Response:
+    """Poll ``url`` until it gives an HTTP answer that ``ready`` accepts.
+
+    Raises BenchmarkError, with the end of the server's log, when the process exits
+    or the deadline passes first.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise BenchmarkError(f"the server exited with code {process.returncode} while starting:\n{log_tail(log)}")
+        try:
+            response = httpx.get(url, timeout=2.0)
+            if ready(response):
+                return response
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            stop(process)
+            raise BenchmarkError(f"{url} did not answer within {timeout:.0f} s:\n{log_tail(log)}")
+        time.sleep(0.1)
+
+
+def stop(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Ask a process to exit (SIGTERM), and kill it if it has not within ``timeout`` seconds."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@dataclass(frozen=True)
+class Server:
+    """A running DICOMweb server as the scenarios see it."""
+
+    name: str
+    base_url: str
+    """The DICOMweb root, without a trailing slash: ``{base_url}/studies`` is STOW and QIDO."""
+    version: str
+    data: Path
+    """The folder that holds everything the server stored."""

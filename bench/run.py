@@ -1,0 +1,111 @@
+"""Run the selected scenarios against each server in turn, never two servers at once."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from bench import orthanc, ours
+from bench.corpus import Corpus
+from bench.process import BenchmarkError, Server
+from bench.scenarios import Result, Scenario, combine
+
+LAUNCHERS: dict[str, Callable[[Path], AbstractContextManager[Server]]] = {
+    "ours": ours.running,
+    "orthanc": orthanc.running,
+}
+"""Servers in running order."""
+
+
+@dataclass
+class Outcome:
+    """What a run measured, per server name: each round's results, and their median."""
+
+    rounds: dict[str, list[list[Result]]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def results(self) -> dict[str, list[Result]]:
+        return {name: combine(rounds) for name, rounds in self.rounds.items() if rounds}
+
+
+def warm_up(server: Server) -> None:
+    """One unmeasured search, so that no first measured request pays for lazy set-up."""
+    httpx.get(
+        f"{server.base_url}/studies",
+        params={"limit": 1},
+        headers={"Accept": "application/dicom+json"},
+        timeout=60,
+    )
+
+
+def measure(server: Server, corpus: Corpus, scenarios: list[Scenario]) -> list[Result]:
+    """Run ``scenarios`` in order against a freshly started, empty ``server``."""
+    corpus.warm()
+    warm_up(server)
+    results: list[Result] = []
+    for entry in scenarios:
+        print(f"{server.name}: {entry.name} ({entry.description})")
+        results += entry.run(server.base_url, corpus)
+    return results
+
+
+def run(
+    corpus: Corpus,
+    scenarios: list[Scenario],
+    servers: list[str],
+    rounds: int,
+    keep: bool,
+) -> Outcome:
+    """For each round, start each server fresh, measure it, and stop it before the next.
+
+    Rounds alternate the order of the servers (A B, B A, A B...) so that a drift of
+    the machine's speed does not favour one. With ``keep``, the servers of the last
+    round stay up (idle) until the user presses Ctrl-C.
+    """
+    outcome = Outcome()
+    kept_running: list[str] = []
+    with ExitStack() as kept:
+        workdir = Path(kept.enter_context(tempfile.TemporaryDirectory(prefix="dicom-bench-")))
+        for number in range(rounds):
+            order = servers if number % 2 == 0 else servers[::-1]
+            for name in (name for name in order if name not in outcome.errors):
+                print(f"round {number + 1} of {rounds}: {name}")
+                data = workdir / f"{name}-{number + 1}"
+                with ExitStack() as stack:
+                    try:
+                        server = stack.enter_context(LAUNCHERS[name](data))
+                        outcome.versions[name] = server.version
+                        results = measure(server, corpus, scenarios)
+                        outcome.rounds.setdefault(name, []).append(results)
+                    except (BenchmarkError, httpx.HTTPError) as error:
+                        outcome.errors[name] = f"{type(error).__name__}: {error}"
+                        print(f"{name}: {outcome.errors[name]}")
+                        continue
+                    if keep and number == rounds - 1:
+                        kept.enter_context(stack.pop_all())
+                        kept_running.append(f"{name} at {server.base_url}, data in {data}")
+                        continue
+                shutil.rmtree(data, ignore_errors=True)
+        if kept_running:
+            _wait_for_interrupt(kept_running)
+    return outcome
+
+
+def _wait_for_interrupt(servers: list[str]) -> None:
+    """Block until Ctrl-C or SIGTERM (also when started in the background, where SIGINT is ignored)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    print("Kept running:", *servers, "Press Ctrl-C to stop them.", sep="\n  ")
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        print()

@@ -1,0 +1,61 @@
+"""Which attributes belong to the study, series and instance levels.
+
+The study and series entities of the index keep these attributes, so a search
+answers from one entity per result (PS3.18 10.6.3.3 default return attributes,
+plus the matching keys the service supports).
+"""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+
+STUDY_TAGS: tuple[int, ...] = (
+    0x00080005,  # SpecificCharacterSet
+    0x00080020,  # StudyDate
+    0x00080030,  # StudyTime
+    0x00080050,  # AccessionNumber
+    0x00080090,  # ReferringPhysicianName
+    0x00080201,  # TimezoneOffsetFromUTC
+    0x00081030,  # StudyDescription
+    0x00100010,  # PatientName
+    0x00100020,  # PatientID
+    0x00100030,  # PatientBirthDate
+    0x00100040,  # PatientSex
+    0x0020000D,  # StudyInstanceUID
+    0x00200010,  # StudyID
+)
+
+SERIES_TAGS: tuple[int, ...] = (
+    0x00080005,  # SpecificCharacterSet
+    0x00080021,  # SeriesDate
+    0x00080031,  # SeriesTime
+    0x00080060,  # Modality
+    0x0008103E,  # SeriesDescription
+    0x00081090,  # ManufacturerModelName
+    0x00180015,  # BodyPartExamined
+    0x0020000E,  # SeriesInstanceUID
+    0x00200011,  # SeriesNumber
+    0x00400244,  # PerformedProcedureStepStartDate
+    0x00400245,  # PerformedProcedureStepStartTime
+    0x00400275,  # RequestAttributesSequence
+)
+
+INSTANCE_TAGS: tuple[int, ...] = (
+    0x00080005,  # SpecificCharacterSet
+    0x00080016,  # SOPClassUID
+    0x00080018,  # SOPInstanceUID
+    0x00200013,  # InstanceNumber
+    0x00280008,  # NumberOfFrames
+    0x00280010,  # Rows
+    0x00280011,  # Columns
+    0x00280100,  # BitsAllocated
+)
+
+
+def level_json(dataset: Dataset, tags: tuple[int, ...]) -> dict:
+    """The DICOM JSON (PS3.18 F.2) of the attributes of ``dataset`` among ``tags``."""
+    subset = Dataset()
+    for tag in tags:
+        if tag in dataset:
+            subset[tag] = dataset[tag]
+    return subset.to_json_dict(suppress_invalid_tags=True)

@@ -1,0 +1,48 @@
+"""Errors that operations raise and the HTTP layer turns into responses.
+
+Each error carries the HTTP status it maps to and a message written for the
+client: what was wrong and, where it applies, what to do. Operations never
+import the web framework; this module is the whole contract between them.
+"""
+
+from __future__ import annotations
+
+
+class DicomServiceError(Exception):
+    """Base class: ``status`` is the HTTP status, ``message`` the client-facing text."""
+
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(DicomServiceError):
+    status = 400
+
+
+class NotFound(DicomServiceError):
+    status = 404
+
+
+class NotAcceptable(DicomServiceError):
+    status = 406
+
+
+class Conflict(DicomServiceError):
+    status = 409
+
+
+class PayloadTooLarge(DicomServiceError):
+    status = 413
+
+
+class UnsupportedMediaType(DicomServiceError):
+    status = 415
+
+
+class StorageUnavailable(DicomServiceError):
+    """The lake or the index could not be reached or refused the request."""
+
+    status = 503

@@ -1,0 +1,69 @@
+"""What every handler needs from a request: the services, the partition, the base URL.
+
+Handlers run both under the local Starlette app and as Azure Functions, where
+there is no app object; so the services come from the app state when there is
+one and from a process-wide instance opened on first use otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+
+from dicom_core.dicom.uids import is_valid_partition, uid_problem
+from dicom_core.errors import BadRequest
+from dicom_core.services import Services
+from dicom_core.settings import DEFAULT_PARTITION, Settings
+
+_LOOPBACK_NAMES = {"127.0.0.1", "localhost", "[::1]"}
+_shared: Services | None = None
+_shared_lock = asyncio.Lock()
+
+
+async def shared_services() -> Services:
+    """The process-wide services, opened from the environment on first use."""
+    global _shared
+    async with _shared_lock:
+        if _shared is None:
+            _shared = await Services.open(Settings.from_environment())
+    return _shared
+
+
+async def services_for(request: Request) -> Services:
+    app = request.scope.get("app")
+    services = getattr(getattr(app, "state", None), "services", None) if app is not None else None
+    return services if services is not None else await shared_services()
+
+
+def partition_of(request: Request) -> str:
+    """The partition named in the URL, or Microsoft.Default."""
+    partition = request.path_params.get("partition")
+    if partition is None:
+        return DEFAULT_PARTITION
+    if not is_valid_partition(partition):
+        raise BadRequest(f"partition name {partition[:80]!r} is invalid: use 1-64 letters, digits, '.', '-' or '_'")
+    return partition
+
+
+def uid_param(request: Request, name: str, label: str) -> str:
+    """A UID from the URL path, validated before it goes near a lake path or a table key."""
+    value = request.path_params[name]
+    problem = uid_problem(value)
+    if problem:
+        raise BadRequest(f"{label} {value[:80]!r} in the URL is not a valid UID: {problem}")
+    return value
+
+
+def base_url(request: Request) -> str:
+    """The URL prefix of this partition's resources, as the client sees it (…/v2 or …/v2/partitions/P)."""
+    scheme = request.headers.get("x-forwarded-proto") or request.url.scheme
+    host = request.headers.get("x-forwarded-host") or request.headers.get("host") or request.url.netloc
+    server = request.scope.get("server")
+    if host in _LOOPBACK_NAMES and server and server[1] not in (80, 443):
+        # dicomweb-client sends "Host: 127.0.0.1" without the port; locally the socket knows it.
+        host = f"{host}:{server[1]}"
+    prefix = f"{scheme}://{host}/v2"
+    if "partition" in request.path_params:
+        prefix += f"/partitions/{partition_of(request)}"
+    return prefix

@@ -1,0 +1,19 @@
+"""The route table: the single source of truth for the HTTP surface.
+
+The local server (``python -m dicom_core serve``) and ``function_app.py`` both
+register exactly these routes. Each feature module contributes its own list.
+"""
+
+from __future__ import annotations
+
+from dicom_core.http import store
+from dicom_core.http.routing import ExpandedRoute, Route
+
+FEATURE_ROUTES: list[Route] = [
+    *store.ROUTES,
+]
+
+
+def route_table() -> list[ExpandedRoute]:
+    """Every route in both forms (/v2/... and /v2/partitions/{partition}/...)."""
+    return [expanded for route in FEATURE_ROUTES for expanded in route.expand()]

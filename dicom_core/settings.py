@@ -1,0 +1,111 @@
+"""Service settings, read from the environment (design.md, "Settings").
+
+Locally these come from the shell or from ``local.settings.json`` ``Values`` under
+Functions Core Tools; in Azure from the Function App's application settings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+DEVELOPMENT_STORAGE = "UseDevelopmentStorage=true"
+DEFAULT_PARTITION = "Microsoft.Default"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach one storage account.
+
+    Either a connection string, or identity-based endpoints as Azure Functions
+    spells them (``<Name>__blobServiceUri``, ``__dfsServiceUri``,
+    ``__tableServiceUri``, ``__clientId``).
+    """
+
+    connection_string: str | None = None
+    blob_service_uri: str | None = None
+    dfs_service_uri: str | None = None
+    table_service_uri: str | None = None
+    client_id: str | None = None
+
+    @classmethod
+    def from_environment(cls, name: str, env: Mapping[str, str]) -> Connection | None:
+        """Read connection ``name`` from ``env``; None when nothing is set."""
+        if env.get(name):
+            return cls(connection_string=env[name])
+        prefix = f"{name}__"
+        values = {key[len(prefix) :].lower(): value for key, value in env.items() if key.startswith(prefix)}
+        if not values:
+            return None
+        return cls(
+            blob_service_uri=values.get("blobserviceuri"),
+            dfs_service_uri=values.get("dfsserviceuri"),
+            table_service_uri=values.get("tableserviceuri"),
+            client_id=values.get("clientid"),
+        )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits; exceeding one gives 413 (or 400) naming the limit."""
+
+    max_request_bytes: int = 4 * 1024**3
+    max_instance_bytes: int = 2 * 1024**3
+    max_parts_per_request: int = 10_000
+    # Parts held in memory up to this size; larger parts spill to a temporary file.
+    spool_memory_bytes: int = 1024**2
+    # Instances of one STOW request processed at the same time.
+    store_concurrency: int = 4
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str]) -> Limits:
+        defaults = cls()
+        return cls(
+            max_request_bytes=_int(env, "DICOM_MAX_REQUEST_BYTES", defaults.max_request_bytes),
+            max_instance_bytes=_int(env, "DICOM_MAX_INSTANCE_BYTES", defaults.max_instance_bytes),
+            max_parts_per_request=_int(env, "DICOM_MAX_PARTS_PER_REQUEST", defaults.max_parts_per_request),
+            spool_memory_bytes=defaults.spool_memory_bytes,
+            store_concurrency=_int(env, "DICOM_STORE_CONCURRENCY", defaults.store_concurrency),
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"setting {name} must be an integer, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"setting {name} must be positive, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of design.md, with its local default."""
+
+    lake: Connection = field(default_factory=lambda: Connection(connection_string=DEVELOPMENT_STORAGE))
+    index: Connection = field(default_factory=lambda: Connection(connection_string=DEVELOPMENT_STORAGE))
+    file_system: str = "dicom"
+    workspace: str = "local"
+    service: str = "dicom"
+    table_prefix: str = "dicom"
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        lake = Connection.from_environment("DicomLake", env) or Connection(connection_string=DEVELOPMENT_STORAGE)
+        index = Connection.from_environment("DicomIndex", env) or lake
+        return cls(
+            lake=lake,
+            index=index,
+            file_system=env.get("DICOM_FILESYSTEM") or "dicom",
+            workspace=env.get("DICOM_WORKSPACE") or "local",
+            service=env.get("DICOM_SERVICE") or "dicom",
+            table_prefix=env.get("DICOM_TABLE_PREFIX") or "dicom",
+            limits=Limits.from_environment(env),
+        )

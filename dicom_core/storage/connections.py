@@ -1,0 +1,61 @@
+"""Build Azure SDK clients from the ``DicomLake`` / ``DicomIndex`` settings."""
+
+from __future__ import annotations
+
+from azure.data.tables.aio import TableServiceClient
+from azure.storage.blob.aio import BlobServiceClient
+from azure.storage.filedatalake.aio import DataLakeServiceClient
+
+from dicom_core.settings import Connection
+
+
+def _credential(connection: Connection):
+    # Imported here: azure-identity is only needed for identity-based connections.
+    from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+
+    if connection.client_id:
+        return ManagedIdentityCredential(client_id=connection.client_id)
+    return DefaultAzureCredential()
+
+
+def _missing(connection_name: str, what: str) -> ValueError:
+    return ValueError(
+        f"setting {connection_name} has no connection string and no {connection_name}__{what}: "
+        "set one of them (design.md, Settings)"
+    )
+
+
+# Uploads above this size go in blocks of this size, so an upload holds at most
+# (block size x upload concurrency) in memory whatever the size of the instance.
+TRANSFER_BLOCK_BYTES = 4 * 1024 * 1024
+_TRANSFER_OPTIONS = {
+    "max_single_put_size": TRANSFER_BLOCK_BYTES,
+    "max_block_size": TRANSFER_BLOCK_BYTES,
+    "max_single_get_size": TRANSFER_BLOCK_BYTES,
+    "max_chunk_get_size": TRANSFER_BLOCK_BYTES,
+}
+
+
+def blob_service(connection: Connection) -> BlobServiceClient:
+    if connection.connection_string:
+        return BlobServiceClient.from_connection_string(connection.connection_string, **_TRANSFER_OPTIONS)
+    if not connection.blob_service_uri:
+        raise _missing("DicomLake", "blobServiceUri")
+    return BlobServiceClient(connection.blob_service_uri, credential=_credential(connection), **_TRANSFER_OPTIONS)
+
+
+def datalake_service(connection: Connection) -> DataLakeServiceClient:
+    if connection.connection_string:
+        return DataLakeServiceClient.from_connection_string(connection.connection_string)
+    uri = connection.dfs_service_uri or (connection.blob_service_uri or "").replace(".blob.", ".dfs.")
+    if not uri:
+        raise _missing("DicomLake", "dfsServiceUri")
+    return DataLakeServiceClient(uri, credential=_credential(connection))
+
+
+def table_service(connection: Connection) -> TableServiceClient:
+    if connection.connection_string:
+        return TableServiceClient.from_connection_string(connection.connection_string)
+    if not connection.table_service_uri:
+        raise _missing("DicomIndex", "tableServiceUri")
+    return TableServiceClient(connection.table_service_uri, credential=_credential(connection))

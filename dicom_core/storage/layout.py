@@ -1,0 +1,80 @@
+"""The data-lake contract: where each instance lives (design.md, "The data-lake contract").
+
+::
+
+    AHDS/{workspace}/dicom/{service}/{partition}/{study}/{series}/{sop}.dcm
+    AHDS/{workspace}/dicom/{service}/healthCheck/...
+
+Only validated UIDs and partition names reach these functions; they check again
+because a path that escapes the layout must be impossible, not unlikely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dicom_core.dicom.uids import is_valid_partition, is_valid_uid
+
+HEALTH_FOLDER = "healthCheck"
+
+
+@dataclass(frozen=True)
+class InstanceKey:
+    """The identity of one stored instance."""
+
+    partition: str
+    study: str
+    series: str
+    sop: str
+
+
+@dataclass(frozen=True)
+class LakeLayout:
+    workspace: str
+    service: str
+
+    @property
+    def root(self) -> str:
+        return f"AHDS/{self.workspace}/dicom/{self.service}/"
+
+    @property
+    def health_folder(self) -> str:
+        return f"{self.root}{HEALTH_FOLDER}/"
+
+    def partition_folder(self, partition: str) -> str:
+        _check_partition(partition)
+        return f"{self.root}{partition}/"
+
+    def study_folder(self, partition: str, study: str) -> str:
+        _check_uid(study)
+        return f"{self.partition_folder(partition)}{study}/"
+
+    def series_folder(self, partition: str, study: str, series: str) -> str:
+        _check_uid(series)
+        return f"{self.study_folder(partition, study)}{series}/"
+
+    def instance_path(self, key: InstanceKey) -> str:
+        _check_uid(key.sop)
+        return f"{self.series_folder(key.partition, key.study, key.series)}{key.sop}.dcm"
+
+    def parse_instance_path(self, path: str) -> InstanceKey | None:
+        """The key of a contract path, or None for anything outside the layout (health files included)."""
+        if not path.startswith(self.root) or not path.endswith(".dcm"):
+            return None
+        parts = path[len(self.root) : -len(".dcm")].split("/")
+        if len(parts) != 4 or parts[0] == HEALTH_FOLDER:
+            return None
+        partition, study, series, sop = parts
+        if not is_valid_partition(partition) or not all(map(is_valid_uid, (study, series, sop))):
+            return None
+        return InstanceKey(partition, study, series, sop)
+
+
+def _check_uid(uid: str) -> None:
+    if not is_valid_uid(uid):
+        raise ValueError(f"refusing to build a lake path from the invalid UID {uid[:80]!r}")
+
+
+def _check_partition(partition: str) -> None:
+    if not is_valid_partition(partition) or partition == HEALTH_FOLDER:
+        raise ValueError(f"refusing to build a lake path from the invalid partition name {partition[:80]!r}")

@@ -1,0 +1,84 @@
+"""Fixtures: one real Azurite per test session, fresh storage names per test.
+
+Every test gets its own file system and table prefix in the shared Azurite, so
+tests never see each other's data, and talks to it through the production
+adapters (dicom_core.services.Services).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dicom_core.http.app import create_app
+from dicom_core.local import azurite
+from dicom_core.services import Services
+from dicom_core.settings import Connection, Settings
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def azurite_server(tmp_path_factory: pytest.TempPathFactory):
+    location = tmp_path_factory.mktemp("azurite")
+    server = azurite.start(location, log_file=location / "azurite.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(azurite_server) -> Settings:
+    unique = uuid.uuid4().hex[:10]
+    connection = Connection(connection_string=azurite_server.connection_string)
+    return Settings(
+        lake=connection,
+        index=connection,
+        file_system=f"t{unique}",
+        workspace="testws",
+        service="testsvc",
+        table_prefix=f"t{unique}",
+    )
+
+
+@pytest.fixture
+async def services(settings: Settings):
+    opened = await Services.open(settings)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def client(services: Services):
+    """An HTTP client of the app, in process, sharing the test's services."""
+    app = create_app(services.settings)
+    app.state.services = services
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
+        yield http
+
+
+@pytest.fixture
+def with_limits(services: Services):
+    """Change the limits of the running services for one test."""
+
+    def apply(**changes) -> None:
+        services.settings = replace(services.settings, limits=replace(services.settings.limits, **changes))
+
+    return apply
+
+
+def server_environment(settings: Settings) -> dict[str, str]:
+    """The environment that makes ``python -m dicom_core serve`` use these settings."""
+    environment = dict(os.environ)
+    environment.update(
+        DicomLake=settings.lake.connection_string,
+        DICOM_FILESYSTEM=settings.file_system,
+        DICOM_WORKSPACE=settings.workspace,
+        DICOM_SERVICE=settings.service,
+        DICOM_TABLE_PREFIX=settings.table_prefix,
+    )
+    return environment
