@@ -66,12 +66,12 @@ def storable_test_files() -> list[Path]:
     return [Path(name) for name in sorted(get_testdata_files("*")) if Path(name).is_file() and _is_storable(Path(name))]
 
 
-def testdata_path(name: str) -> Path:
+def sample_path(name: str) -> Path:
     return Path(get_testdata_file(name))
 
 
 def file_bytes(name: str) -> bytes:
-    return testdata_path(name).read_bytes()
+    return sample_path(name).read_bytes()
 
 
 def new_instance(

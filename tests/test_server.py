@@ -16,12 +16,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicom_core.storage.layout import InstanceKey
-from tests.dicom_files import preamble_zeroed, testdata_path
+from tests.dicom_files import preamble_zeroed, sample_path
 from tests.server import current_rss_bytes, peak_rss_bytes, running_server
 
 
 async def test_dicomweb_client_stores_ct_small_at_its_contract_path(settings, services, tmp_path):
-    path = testdata_path("CT_small.dcm")
+    path = sample_path("CT_small.dcm")
     dataset = pydicom.dcmread(path)
     with running_server(settings, tmp_path / "server.log") as (url, _):
         client = DICOMwebClient(url)

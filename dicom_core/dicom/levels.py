@@ -7,8 +7,6 @@ plus the matching keys the service supports).
 
 from __future__ import annotations
 
-from pydicom.dataset import Dataset
-
 STUDY_TAGS: tuple[int, ...] = (
     0x00080005,  # SpecificCharacterSet
     0x00080020,  # StudyDate
@@ -52,10 +50,7 @@ INSTANCE_TAGS: tuple[int, ...] = (
 )
 
 
-def level_json(dataset: Dataset, tags: tuple[int, ...]) -> dict:
-    """The DICOM JSON (PS3.18 F.2) of the attributes of ``dataset`` among ``tags``."""
-    subset = Dataset()
-    for tag in tags:
-        if tag in dataset:
-            subset[tag] = dataset[tag]
-    return subset.to_json_dict(suppress_invalid_tags=True)
+def level_json(model: dict, tags: tuple[int, ...]) -> dict:
+    """The attributes among ``tags`` of an instance's DICOM JSON ``model`` (PS3.18 F.2)."""
+    keys = (f"{tag:08X}" for tag in tags)
+    return {key: model[key] for key in keys if key in model}

@@ -10,10 +10,11 @@ updated once per series per request, after its instances are in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
 from azure.core.exceptions import AzureError, HttpResponseError
@@ -23,8 +24,8 @@ from dicom_core.dicom.levels import INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS, leve
 from dicom_core.dicom.parse import PREAMBLE_LENGTH, InvalidInstance, ParsedInstance, parse_instance, pydicom_lock
 from dicom_core.errors import StorageUnavailable
 from dicom_core.services import Services
-from dicom_core.storage.index import InstanceRecord, LevelUpdate
-from dicom_core.storage.lake import InstanceExists, describe_storage_error
+from dicom_core.storage.index import InstanceRecord, LevelUpdate, entity_size, instance_entity
+from dicom_core.storage.lake import InstanceExists, WrittenFile, describe_storage_error
 from dicom_core.storage.layout import InstanceKey
 
 logger = logging.getLogger(__name__)
@@ -129,30 +130,34 @@ def _failed_item(outcome: InstanceOutcome) -> dict:
 async def store_instances(services: Services, request: StoreRequest, parts: AsyncIterator[ReceivedPart]) -> StoreResult:
     """Store every part of a STOW-RS request; see the module docstring."""
     slots = asyncio.Semaphore(services.settings.limits.store_concurrency)
+    entities = _InstanceEntityBatches(services)
     tasks: list[asyncio.Task] = []
 
-    async def run(part: ReceivedPart) -> tuple[InstanceOutcome, LevelUpdate | None]:
+    async def run(part: ReceivedPart) -> InstanceOutcome:
         try:
-            return await _store_one(services, request, part)
+            outcome, pending = await _store_file(services, request, part)
         finally:
             part.file.close()
             slots.release()
+        if pending is not None:
+            await entities.add(outcome, pending)
+        return outcome
 
     try:
         async for part in parts:
             await slots.acquire()  # back-pressure: read the next part only when a slot is free
             tasks.append(asyncio.create_task(run(part)))
+        outcomes = list(await asyncio.gather(*tasks))
+        await entities.flush_all()
     except BaseException:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await entities.cancel()
         raise
-    results = await asyncio.gather(*tasks)
-    outcomes = [outcome for outcome, _ in results]
     result = StoreResult(outcomes)
-    updates = [update for _, update in results if update is not None]
     try:
-        await _record_levels(services, updates)
+        await _record_levels(services, entities.level_updates)
     except (AzureError, RuntimeError) as error:
         raise StorageUnavailable(_storage_message("updating the study and series index entries", error)) from error
 
@@ -173,15 +178,7 @@ async def _record_levels(services: Services, updates: list[LevelUpdate]) -> None
         key = (update.partition, update.study, update.series)
         previous = merged.get(key)
         if previous is not None:
-            update = LevelUpdate(
-                update.partition,
-                update.study,
-                update.series,
-                previous.instances_added + update.instances_added,
-                update.modality,
-                update.study_attributes,
-                update.series_attributes,
-            )
+            update = replace(update, instances_added=previous.instances_added + update.instances_added)
         merged[key] = update
     by_study: dict[tuple[str, str], list[LevelUpdate]] = defaultdict(list)
     for (partition, study, _), update in merged.items():
@@ -194,7 +191,87 @@ async def _record_levels(services: Services, updates: list[LevelUpdate]) -> None
     await asyncio.gather(*(record_study(study_updates) for study_updates in by_study.values()))
 
 
-async def _store_one(services: Services, request: StoreRequest, part: ReceivedPart) -> tuple[InstanceOutcome, LevelUpdate | None]:
+@dataclass
+class _PendingEntity:
+    """An instance whose file is in the lake and whose index entity is not written yet."""
+
+    record: InstanceRecord
+    update: LevelUpdate
+    replaced: bool
+
+
+class _InstanceEntityBatches:
+    """Write instance entities in Table transactions: one per study, up to 100 entities and ~2 MiB.
+
+    A transaction is atomic, so when one fails its entities are retried one by one; an
+    instance whose entity still cannot be written is reported failed (272) and its new
+    file removed, so that the client's retry is not refused as a duplicate.
+    """
+
+    _MAX_ENTITIES = 100
+    _MAX_BYTES = 2 * 1024 * 1024
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._open: dict[str, list[tuple[InstanceOutcome, _PendingEntity, dict]]] = {}
+        self._flushes: list[asyncio.Task] = []
+        self.level_updates: list[LevelUpdate] = []
+
+    async def add(self, outcome: InstanceOutcome, pending: _PendingEntity) -> None:
+        entity = instance_entity(pending.record)
+        batch = self._open.setdefault(entity["PartitionKey"], [])
+        if any(existing["RowKey"] == entity["RowKey"] for _, _, existing in batch):
+            self._start_flush(entity["PartitionKey"])  # one entity appears once per transaction
+            batch = self._open.setdefault(entity["PartitionKey"], [])
+        batch.append((outcome, pending, entity))
+        size = sum(entity_size(item) for _, _, item in batch)
+        if len(batch) >= self._MAX_ENTITIES or size >= self._MAX_BYTES:
+            self._start_flush(entity["PartitionKey"])
+
+    def _start_flush(self, partition_key: str) -> None:
+        batch = self._open.pop(partition_key, [])
+        if batch:
+            self._flushes.append(asyncio.create_task(self._write(batch)))
+
+    async def flush_all(self) -> None:
+        for partition_key in list(self._open):
+            self._start_flush(partition_key)
+        await asyncio.gather(*self._flushes)
+
+    async def cancel(self) -> None:
+        for task in self._flushes:
+            task.cancel()
+        await asyncio.gather(*self._flushes, return_exceptions=True)
+
+    async def _write(self, batch: list[tuple[InstanceOutcome, _PendingEntity, dict]]) -> None:
+        index = self._services.index
+        try:
+            await index.put_instances([entity for _, _, entity in batch])
+            self.level_updates.extend(pending.update for _, pending, _ in batch)
+            return
+        except AzureError:
+            logger.warning("an instance entity transaction failed; writing its %d entities one by one", len(batch))
+        for outcome, pending, _ in batch:
+            try:
+                await index.put_instance(pending.record)
+            except AzureError as error:
+                await self._fail(outcome, pending, error)
+            else:
+                self.level_updates.append(pending.update)
+
+    async def _fail(self, outcome: InstanceOutcome, pending: _PendingEntity, error: AzureError) -> None:
+        outcome.failure_reason = PROCESSING_FAILURE
+        outcome.message = _storage_message("indexing the stored instance", error)
+        outcome.retrieve_url = None
+        if not pending.replaced:
+            with contextlib.suppress(AzureError):
+                await self._services.lake.delete(pending.record.path)
+
+
+async def _store_file(
+    services: Services, request: StoreRequest, part: ReceivedPart
+) -> tuple[InstanceOutcome, _PendingEntity | None]:
+    """Validate one part and write its file; the index entity is written by the caller, in batches."""
     if part.refusal is not None:
         reason, message = part.refusal
         return InstanceOutcome(failure_reason=reason, message=message), None
@@ -218,48 +295,61 @@ async def _store_one(services: Services, request: StoreRequest, part: ReceivedPa
     key = InstanceKey(request.partition, parsed.study_uid, parsed.series_uid, parsed.sop_uid)
     path = services.layout.instance_path(key)
     try:
-        try:
-            part.file.seek(0)
-            written = await services.lake.write(path, part.file, part.size, overwrite=False)
-        except InstanceExists:
-            if not request.upsert:
-                outcome.failure_reason = INSTANCE_EXISTS
-                outcome.message = "an instance with these UIDs is already stored; use PUT to replace it"
-                return outcome, None
-            part.file.seek(0)
-            written = await services.lake.write(path, part.file, part.size, overwrite=True)
-            outcome.replaced = True
-        await services.index.put_instance(
-            InstanceRecord(
-                key=key,
-                sop_class_uid=parsed.sop_class_uid,
-                path=path,
-                size=part.size,
-                etag=written.etag,
-                transfer_syntax=parsed.transfer_syntax,
-                number_of_frames=parsed.number_of_frames,
-                frame_ranges=parsed.frame_ranges,
-                metadata=prepared.metadata,
-                attributes=prepared.instance_attributes,
-            )
-        )
+        written, replaced = await _write_file(services, request, key, path, part)
+    except InstanceExists:
+        outcome.failure_reason = INSTANCE_EXISTS
+        outcome.message = "an instance with these UIDs is already stored; use PUT to replace it"
+        return outcome, None
     except (AzureError, OSError) as error:
-        logger.exception("storing an instance failed", extra={"partition": request.partition})
+        logger.warning("writing an instance file failed: %s", type(error).__name__)
         outcome.failure_reason = PROCESSING_FAILURE
-        outcome.message = _storage_message("storing the instance", error)
+        outcome.message = _storage_message("writing the instance to the lake", error)
         return outcome, None
 
+    outcome.replaced = replaced
     outcome.retrieve_url = f"{request.base_url}/studies/{key.study}/series/{key.series}/instances/{key.sop}"
+    record = InstanceRecord(
+        key=key,
+        sop_class_uid=parsed.sop_class_uid,
+        path=path,
+        size=part.size,
+        etag=written.etag,
+        transfer_syntax=parsed.transfer_syntax,
+        number_of_frames=parsed.number_of_frames,
+        frame_ranges=parsed.frame_ranges,
+        metadata=prepared.metadata,
+        attributes=prepared.instance_attributes,
+    )
     update = LevelUpdate(
         partition=request.partition,
         study=key.study,
         series=key.series,
-        instances_added=0 if outcome.replaced else 1,
+        instances_added=0 if replaced else 1,
         modality=str(parsed.dataset.get("Modality", "") or ""),
         study_attributes=prepared.study_attributes,
         series_attributes=prepared.series_attributes,
     )
-    return outcome, update
+    return outcome, _PendingEntity(record, update, replaced)
+
+
+async def _write_file(
+    services: Services, request: StoreRequest, key: InstanceKey, path: str, part: ReceivedPart
+) -> tuple[WrittenFile, bool]:
+    """Write the file create-only; on a conflict replace it for PUT, or for POST when it is an orphan.
+
+    An orphan is a file without an index entity: the leftover of a store that failed
+    between the two writes. POST may take its place; only an indexed instance is a duplicate.
+    Returns the written file and whether an indexed instance was replaced.
+    """
+    part.file.seek(0)
+    try:
+        return await services.lake.write(path, part.file, part.size, overwrite=False), False
+    except InstanceExists:
+        indexed = await services.index.get_instance(key) is not None
+        if indexed and not request.upsert:
+            raise
+    part.file.seek(0)
+    return await services.lake.write(path, part.file, part.size, overwrite=True), indexed
 
 
 @dataclass
@@ -275,14 +365,14 @@ def _prepare(part: ReceivedPart) -> _Prepared:
     """Parse and validate the part, build what the index keeps, and zero the preamble (blocking)."""
     with pydicom_lock:
         parsed = parse_instance(part.file, part.size)
-        dataset = parsed.dataset
-        prepared = _Prepared(
-            parsed=parsed,
-            metadata=instance_json(dataset, parsed.pixel_data_vr),
-            study_attributes=level_json(dataset, STUDY_TAGS),
-            series_attributes=level_json(dataset, SERIES_TAGS),
-            instance_attributes=level_json(dataset, INSTANCE_TAGS),
-        )
+        metadata = instance_json(parsed.dataset, parsed.pixel_data_vr)
+    prepared = _Prepared(
+        parsed=parsed,
+        metadata=metadata,
+        study_attributes=level_json(metadata, STUDY_TAGS),
+        series_attributes=level_json(metadata, SERIES_TAGS),
+        instance_attributes=level_json(metadata, INSTANCE_TAGS),
+    )
     # The preamble can carry an executable (DICOM/PE polyglots, CVE-2019-11687): never store it.
     part.file.seek(0)
     part.file.write(bytes(PREAMBLE_LENGTH))
