@@ -46,3 +46,15 @@ class StorageUnavailable(DicomServiceError):
     """The lake or the index could not be reached or refused the request."""
 
     status = 503
+
+
+class Unauthorized(DicomServiceError):
+    """No identity, or one that cannot be trusted."""
+
+    status = 401
+
+
+class Forbidden(DicomServiceError):
+    """An identity without the role the operation needs."""
+
+    status = 403

@@ -57,6 +57,10 @@ class Limits:
     spool_memory_bytes: int = 1024**2
     # Instances of one STOW request processed at the same time.
     store_concurrency: int = 4
+    # Data elements and sequence items of one instance (bounds parsing memory and time).
+    max_elements: int = 500_000
+    # Size of a deflated data set once inflated (deflate bombs).
+    max_inflated_bytes: int = 256 * 1024**2
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str]) -> Limits:
@@ -67,6 +71,8 @@ class Limits:
             max_parts_per_request=_int(env, "DICOM_MAX_PARTS_PER_REQUEST", defaults.max_parts_per_request),
             spool_memory_bytes=defaults.spool_memory_bytes,
             store_concurrency=_int(env, "DICOM_STORE_CONCURRENCY", defaults.store_concurrency),
+            max_elements=_int(env, "DICOM_MAX_ELEMENTS", defaults.max_elements),
+            max_inflated_bytes=_int(env, "DICOM_MAX_INFLATED_BYTES", defaults.max_inflated_bytes),
         )
 
 
@@ -83,6 +89,46 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+AUTH_MODES = ("none", "appservice", "signed")
+
+
+@dataclass(frozen=True)
+class Security:
+    """Who may do what (README, Security).
+
+    ``auth_mode``: ``none`` (no identity checks: local use, or behind function keys only),
+    ``appservice`` (App Service Authentication / Entra ID puts the signed-in principal in
+    ``X-MS-CLIENT-PRINCIPAL``; clients cannot forge it because the platform strips it from
+    incoming requests), ``signed`` (the same header, trusted only with an HMAC-SHA256
+    signature made with ``DICOM_AUTH_TEST_SECRET``: for local tests of the role checks).
+    """
+
+    auth_mode: str = "none"
+    role_claim: str = "roles"
+    reader_role: str = "DicomReader"
+    writer_role: str = "DicomWriter"
+    owner_role: str = "DicomOwner"
+    test_secret: str | None = None
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str]) -> Security:
+        mode = (env.get("DICOM_AUTH_MODE") or "none").strip().lower()
+        if mode not in AUTH_MODES:
+            raise ValueError(f"setting DICOM_AUTH_MODE must be one of {', '.join(AUTH_MODES)}, got {mode!r}")
+        secret = env.get("DICOM_AUTH_TEST_SECRET") or None
+        if mode == "signed" and not secret:
+            raise ValueError("DICOM_AUTH_MODE=signed needs DICOM_AUTH_TEST_SECRET")
+        defaults = cls()
+        return cls(
+            auth_mode=mode,
+            role_claim=env.get("DICOM_ROLE_CLAIM") or defaults.role_claim,
+            reader_role=env.get("DICOM_ROLE_READER") or defaults.reader_role,
+            writer_role=env.get("DICOM_ROLE_WRITER") or defaults.writer_role,
+            owner_role=env.get("DICOM_ROLE_OWNER") or defaults.owner_role,
+            test_secret=secret,
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of design.md, with its local default."""
@@ -94,6 +140,7 @@ class Settings:
     service: str = "dicom"
     table_prefix: str = "dicom"
     limits: Limits = field(default_factory=Limits)
+    security: Security = field(default_factory=Security)
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -108,4 +155,5 @@ class Settings:
             service=env.get("DICOM_SERVICE") or "dicom",
             table_prefix=env.get("DICOM_TABLE_PREFIX") or "dicom",
             limits=Limits.from_environment(env),
+            security=Security.from_environment(env),
         )

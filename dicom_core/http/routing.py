@@ -1,9 +1,21 @@
-"""The shape of a route-table entry, shared by the local server and function_app.py."""
+"""The shape of a route-table entry, shared by the local server and function_app.py.
+
+Every route's endpoint is the same layering, outermost first: audit (one event per
+request), error handling (every failure becomes a status and a message), identity
+and role checks, then the feature's handler.
+"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dicom_core.http.audit import audit_event, emit
+from dicom_core.http.auth import Access, authenticate, authorize
+from dicom_core.http.context import services_for
 from dicom_core.http.errors import Handler, with_error_handling
 
 API_PREFIX = "/v2"
@@ -12,21 +24,35 @@ PARTITION_PREFIX = "/partitions/{partition}"
 
 @dataclass(frozen=True)
 class Route:
-    """One DICOMweb resource: ``path`` is relative to /v2 and exists under a partition too."""
+    """One DICOMweb resource: ``path`` is relative to /v2 and exists under a partition too.
+
+    ``access`` defaults from the methods: GET reads, POST/PUT write, DELETE deletes.
+    """
 
     name: str
     path: str
     methods: tuple[str, ...]
     handler: Handler
     partitioned: bool = True
+    access: Access | None = None
+
+    @property
+    def required_access(self) -> Access:
+        return self.access or Access.for_methods(self.methods)
 
     def expand(self) -> list[ExpandedRoute]:
         """The /v2 form and, when partitioned, the /v2/partitions/{partition} form."""
-        endpoint = with_error_handling(self.handler)
-        forms = [ExpandedRoute(self.name, f"{API_PREFIX}{self.path}", self.methods, endpoint)]
+        endpoint = _endpoint(self.name, self.handler, self.required_access)
+        forms = [ExpandedRoute(self.name, f"{API_PREFIX}{self.path}", self.methods, endpoint, self.required_access)]
         if self.partitioned:
             forms.append(
-                ExpandedRoute(f"{self.name}_in_partition", f"{API_PREFIX}{PARTITION_PREFIX}{self.path}", self.methods, endpoint)
+                ExpandedRoute(
+                    f"{self.name}_in_partition",
+                    f"{API_PREFIX}{PARTITION_PREFIX}{self.path}",
+                    self.methods,
+                    endpoint,
+                    self.required_access,
+                )
             )
         return forms
 
@@ -37,3 +63,27 @@ class ExpandedRoute:
     path: str  # Starlette path syntax, e.g. /v2/studies/{study}
     methods: tuple[str, ...]
     endpoint: Handler
+    access: Access
+
+
+def _endpoint(name: str, handler: Handler, access: Access) -> Handler:
+    async def checked(request: Request) -> Response:
+        if access is not Access.PUBLIC:
+            security = (await services_for(request)).settings.security
+            principal = authenticate(request.headers, security)
+            request.state.principal = principal
+            authorize(principal, access, security)
+        return await handler(request)
+
+    handled = with_error_handling(checked)
+
+    async def endpoint(request: Request) -> Response:
+        started = time.perf_counter()
+        response = await handled(request)
+        if access is not Access.PUBLIC:
+            principal = getattr(request.state, "principal", None)
+            who = principal.audit_name if principal is not None else "unauthenticated"
+            emit(audit_event(request, name, who, response.status_code, started))
+        return response
+
+    return endpoint
