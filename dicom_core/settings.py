@@ -141,6 +141,8 @@ class Settings:
     table_prefix: str = "dicom"
     limits: Limits = field(default_factory=Limits)
     security: Security = field(default_factory=Security)
+    # Browser origins allowed to call the API (CORS), e.g. a viewer's; "*" allows any.
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -156,4 +158,7 @@ class Settings:
             table_prefix=env.get("DICOM_TABLE_PREFIX") or "dicom",
             limits=Limits.from_environment(env),
             security=Security.from_environment(env),
+            cors_origins=tuple(
+                origin.strip().rstrip("/") for origin in (env.get("DICOM_CORS_ORIGINS") or "").split(",") if origin.strip()
+            ),
         )

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from dicom_core.http.audit import audit_event, emit
 from dicom_core.http.auth import Access, authenticate, authorize
 from dicom_core.http.context import services_for
+from dicom_core.http.cors import add_cors_headers, preflight
 from dicom_core.http.errors import Handler, with_error_handling
 
 API_PREFIX = "/v2"
@@ -42,14 +43,15 @@ class Route:
 
     def expand(self) -> list[ExpandedRoute]:
         """The /v2 form and, when partitioned, the /v2/partitions/{partition} form."""
-        endpoint = _endpoint(self.name, self.handler, self.required_access)
-        forms = [ExpandedRoute(self.name, f"{API_PREFIX}{self.path}", self.methods, endpoint, self.required_access)]
+        endpoint = _endpoint(self.name, self.handler, self.required_access, self.methods)
+        methods = (*self.methods, "OPTIONS")  # CORS preflight
+        forms = [ExpandedRoute(self.name, f"{API_PREFIX}{self.path}", methods, endpoint, self.required_access)]
         if self.partitioned:
             forms.append(
                 ExpandedRoute(
                     f"{self.name}_in_partition",
                     f"{API_PREFIX}{PARTITION_PREFIX}{self.path}",
-                    self.methods,
+                    methods,
                     endpoint,
                     self.required_access,
                 )
@@ -66,7 +68,7 @@ class ExpandedRoute:
     access: Access
 
 
-def _endpoint(name: str, handler: Handler, access: Access) -> Handler:
+def _endpoint(name: str, handler: Handler, access: Access, methods: tuple[str, ...]) -> Handler:
     async def checked(request: Request) -> Response:
         if access is not Access.PUBLIC:
             security = (await services_for(request)).settings.security
@@ -79,7 +81,11 @@ def _endpoint(name: str, handler: Handler, access: Access) -> Handler:
 
     async def endpoint(request: Request) -> Response:
         started = time.perf_counter()
+        origins = await _cors_origins(request)
+        if request.method == "OPTIONS":
+            return preflight(request, origins, methods)
         response = await handled(request)
+        add_cors_headers(request, response, origins)
         if access is not Access.PUBLIC:
             principal = getattr(request.state, "principal", None)
             who = principal.audit_name if principal is not None else "unauthenticated"
@@ -87,3 +93,12 @@ def _endpoint(name: str, handler: Handler, access: Access) -> Handler:
         return response
 
     return endpoint
+
+
+async def _cors_origins(request: Request) -> tuple[str, ...]:
+    if "origin" not in request.headers:
+        return ()
+    try:
+        return (await services_for(request)).settings.cors_origins
+    except Exception:  # storage down: CORS headers are not worth a failure of their own
+        return ()
