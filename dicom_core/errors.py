@@ -58,3 +58,11 @@ class Forbidden(DicomServiceError):
     """An identity without the role the operation needs."""
 
     status = 403
+
+
+class RequestTimeout(DicomServiceError):
+    status = 408
+
+
+class UriTooLong(DicomServiceError):
+    status = 414

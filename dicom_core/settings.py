@@ -61,6 +61,10 @@ class Limits:
     max_elements: int = 500_000
     # Size of a deflated data set once inflated (deflate bombs).
     max_inflated_bytes: int = 256 * 1024**2
+    # Length of a URL's query string; App Service front ends refuse much longer ones anyway.
+    max_query_bytes: int = 8192
+    # Time a request may take, body and storage included (Azure: host.json functionTimeout).
+    request_timeout_seconds: int = 1800
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str]) -> Limits:
@@ -73,6 +77,8 @@ class Limits:
             store_concurrency=_int(env, "DICOM_STORE_CONCURRENCY", defaults.store_concurrency),
             max_elements=_int(env, "DICOM_MAX_ELEMENTS", defaults.max_elements),
             max_inflated_bytes=_int(env, "DICOM_MAX_INFLATED_BYTES", defaults.max_inflated_bytes),
+            max_query_bytes=_int(env, "DICOM_MAX_QUERY_BYTES", defaults.max_query_bytes),
+            request_timeout_seconds=_int(env, "DICOM_REQUEST_TIMEOUT_SECONDS", defaults.request_timeout_seconds),
         )
 
 

@@ -7,12 +7,14 @@ and role checks, then the feature's handler.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dicom_core.errors import RequestTimeout, UriTooLong
 from dicom_core.http.audit import audit_event, emit
 from dicom_core.http.auth import Access, authenticate, authorize
 from dicom_core.http.context import services_for
@@ -70,12 +72,25 @@ class ExpandedRoute:
 
 def _endpoint(name: str, handler: Handler, access: Access, methods: tuple[str, ...]) -> Handler:
     async def checked(request: Request) -> Response:
+        settings = (await services_for(request)).settings
+        limits = settings.limits
+        if len(request.url.query) > limits.max_query_bytes:
+            raise UriTooLong(
+                f"the query string has {len(request.url.query)} characters, more than {limits.max_query_bytes} "
+                "(setting DICOM_MAX_QUERY_BYTES)"
+            )
         if access is not Access.PUBLIC:
-            security = (await services_for(request)).settings.security
-            principal = authenticate(request.headers, security)
+            principal = authenticate(request.headers, settings.security)
             request.state.principal = principal
-            authorize(principal, access, security)
-        return await handler(request)
+            authorize(principal, access, settings.security)
+        try:
+            async with asyncio.timeout(limits.request_timeout_seconds):
+                return await handler(request)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request did not complete within {limits.request_timeout_seconds} s "
+                "(setting DICOM_REQUEST_TIMEOUT_SECONDS); nothing of an unfinished instance was stored"
+            ) from None
 
     handled = with_error_handling(checked)
 

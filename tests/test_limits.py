@@ -1,0 +1,70 @@
+"""Request limits: each is a setting, and exceeding it names it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from dicom_core.settings import Limits, Settings
+from tests.dicom_files import multipart, new_instance, stow_headers
+
+
+async def test_query_string_over_the_limit_is_a_414_naming_it(client, services):
+    long_query = "PatientName=" + "A" * 9000
+    response = await client.post(f"/v2/studies?{long_query}", content=b"", headers={"Content-Type": "application/dicom"})
+    assert response.status_code == 414
+    assert "DICOM_MAX_QUERY_BYTES" in response.json()["message"]
+    assert not [f async for f in services.lake.list("")]
+
+
+async def test_query_string_at_the_limit_is_served(client):
+    body, boundary = multipart([new_instance()])
+    query = "x=" + "a" * (8192 - 2)
+    response = await client.post(f"/v2/studies?{query}", content=body, headers=stow_headers(boundary))
+    assert response.status_code == 200
+
+
+async def test_request_timeout_is_a_408_naming_the_setting(client, with_limits, services):
+    with_limits(request_timeout_seconds=1)
+    body, boundary = multipart([new_instance()])
+
+    async def slow_body():
+        yield body[:100]
+        await asyncio.sleep(3)
+        yield body[100:]
+
+    response = await client.post("/v2/studies", content=slow_body(), headers=stow_headers(boundary))
+    assert response.status_code == 408
+    assert "DICOM_REQUEST_TIMEOUT_SECONDS" in response.json()["message"]
+    assert not [f async for f in services.lake.list("")]
+
+
+def test_every_limit_is_read_from_its_setting():
+    environment = {
+        "DICOM_MAX_REQUEST_BYTES": "11",
+        "DICOM_MAX_INSTANCE_BYTES": "12",
+        "DICOM_MAX_PARTS_PER_REQUEST": "13",
+        "DICOM_STORE_CONCURRENCY": "2",
+        "DICOM_MAX_ELEMENTS": "14",
+        "DICOM_MAX_INFLATED_BYTES": "15",
+        "DICOM_MAX_QUERY_BYTES": "16",
+        "DICOM_REQUEST_TIMEOUT_SECONDS": "17",
+    }
+    limits = Settings.from_environment(environment).limits
+    assert (
+        limits.max_request_bytes,
+        limits.max_instance_bytes,
+        limits.max_parts_per_request,
+        limits.store_concurrency,
+        limits.max_elements,
+        limits.max_inflated_bytes,
+        limits.max_query_bytes,
+        limits.request_timeout_seconds,
+    ) == (11, 12, 13, 2, 14, 15, 16, 17)
+    assert Limits() == Settings.from_environment({}).limits
+
+
+def test_a_malformed_limit_setting_says_which():
+    import pytest
+
+    with pytest.raises(ValueError, match="DICOM_MAX_QUERY_BYTES"):
+        Settings.from_environment({"DICOM_MAX_QUERY_BYTES": "lots"})
