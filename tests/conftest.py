@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import httpx
+from hypothesis import settings as hypothesis_settings
 import pytest
 
 from dicom_core.http.app import create_app
@@ -82,3 +83,9 @@ def server_environment(settings: Settings) -> dict[str, str]:
         DICOM_TABLE_PREFIX=settings.table_prefix,
     )
     return environment
+
+
+# Hypothesis: a short profile for the suite, a long one for `bash scripts/fuzz.sh`.
+hypothesis_settings.register_profile("suite", max_examples=40, deadline=None)
+hypothesis_settings.register_profile("long", max_examples=3000, deadline=None)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))

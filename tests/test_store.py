@@ -10,6 +10,7 @@ import pytest
 
 from dicom_core.storage.layout import InstanceKey
 from tests.dicom_files import (
+    TRUNCATED_TEST_FILES,
     file_bytes,
     minimal_instance,
     multipart,
@@ -73,6 +74,16 @@ async def test_every_pydicom_test_file_stores_at_its_contract_path(client, servi
                 study, series, sop, _ = uids(data)
                 path = f"AHDS/testws/dicom/testsvc/{partition}/{study}/{series}/{sop}.dcm"
                 assert await services.lake.read(path) == preamble_zeroed(data)
+
+
+@pytest.mark.parametrize("name", TRUNCATED_TEST_FILES)
+async def test_pydicom_truncated_test_files_are_refused(client, services, name):
+    response = await post(client, [file_bytes(name)])
+    assert response.status_code == 409
+    assert failure_reasons(response.json()) == [43264]
+    message = response.json()["00081198"]["Value"][0]["00000902"]["Value"][0]
+    assert "truncated" in message or "declares" in message
+    assert not [f async for f in services.lake.list("AHDS/")]
 
 
 async def test_response_module_lists_each_instance_with_urls(client):

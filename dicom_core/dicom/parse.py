@@ -15,10 +15,14 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import pydicom
+from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
+from dicom_core.dicom.errors import InvalidInstance
+from dicom_core.dicom.structure import StructureLimits, check_structure
 from dicom_core.dicom.uids import uid_problem
 
 PREAMBLE_LENGTH = 128
@@ -33,10 +37,6 @@ _DEFER_SIZE = 64 * 1024
 # (warnings.catch_warnings here; config.strict_reading inside to_json_dict), so
 # everything that reads a data set holds this lock. Parsing a header is short.
 pydicom_lock = threading.RLock()
-
-
-class InvalidInstance(ValueError):
-    """The bytes are not an instance the service can store; the message says why."""
 
 
 ByteRange = tuple[int, int]  # (offset in the file, length)
@@ -61,7 +61,7 @@ class ParsedInstance:
     frame_ranges: list[list[ByteRange]] | None
 
 
-def parse_instance(fp: BinaryIO, size: int) -> ParsedInstance:
+def parse_instance(fp: BinaryIO, size: int, limits: StructureLimits = StructureLimits()) -> ParsedInstance:
     """Parse the Part 10 file in ``fp`` (``size`` bytes) and check what storing requires.
 
     Raises InvalidInstance with a client-facing reason.
@@ -70,6 +70,7 @@ def parse_instance(fp: BinaryIO, size: int) -> ParsedInstance:
     head = fp.read(PREAMBLE_LENGTH + 4)
     if len(head) < PREAMBLE_LENGTH + 4 or head[PREAMBLE_LENGTH:] != b"DICM":
         raise InvalidInstance("not a DICOM Part 10 file: no 'DICM' prefix after the 128-byte preamble (PS3.10 7.1)")
+    check_structure(fp, size, limits)
     fp.seek(0)
     with pydicom_lock, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -95,6 +96,7 @@ def parse_instance(fp: BinaryIO, size: int) -> ParsedInstance:
             reason = problem if not value else f"{keyword} {value[:80]!r} is not a valid UID: {problem}"
             raise InvalidInstance(reason)
         uids[keyword] = value
+    _check_character_set(dataset)
     if "PatientID" not in dataset:
         raise InvalidInstance("PatientID (0010,0020) is missing; it may be empty but must be present")
 
@@ -113,6 +115,20 @@ def parse_instance(fp: BinaryIO, size: int) -> ParsedInstance:
         pixel_data_vr=pixel_data_vr,
         frame_ranges=frame_ranges,
     )
+
+
+def _check_character_set(dataset: Dataset) -> None:
+    """Refuse Specific Character Set values that are not defined terms (PS3.3 C.12.1.1.2)."""
+    element = dataset.get("SpecificCharacterSet")
+    if element is None:
+        return
+    values = element if isinstance(element, list | tuple | MultiValue) else [element]
+    for value in values:
+        term = str(value or "").strip()
+        if term not in python_encoding:
+            raise InvalidInstance(
+                f"SpecificCharacterSet {term[:64]!r} is not a defined term of PS3.3 C.12.1.1.2; text cannot be decoded"
+            )
 
 
 def _number_of_frames(dataset: Dataset) -> int:

@@ -1,0 +1,218 @@
+"""A bounded pre-scan of a Part 10 file's element structure, before pydicom reads it.
+
+pydicom builds Python objects for every element and sequence item it reads and
+inflates a deflated data set into memory at once. A hostile file (millions of
+empty sequence items, a deflate bomb, lengths that point past the end) would make
+it use unbounded memory or time. This scan reads only element headers (tag, VR,
+length; PS3.5 7.1 and 7.5), never values, and refuses such files with a reason.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from pydicom.datadict import dictionary_VR
+
+from dicom_core.dicom.errors import InvalidInstance
+
+_ITEM = 0xFFFEE000
+_ITEM_DELIMITER = 0xFFFEE00D
+_SEQUENCE_DELIMITER = 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+_PIXEL_DATA = 0x7FE00010
+_LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
+_MAX_DEPTH = 32
+_INFLATE_CHUNK = 1024 * 1024
+DEFLATED_SYNTAXES = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"}
+
+
+@dataclass(frozen=True)
+class StructureLimits:
+    """Defaults as the settings DICOM_MAX_ELEMENTS and DICOM_MAX_INFLATED_BYTES have them."""
+
+    max_elements: int = 500_000  # data elements and sequence items, at every depth
+    max_inflated_bytes: int = 256 * 1024**2  # size of a deflated data set once inflated
+
+
+@dataclass
+class _Scan:
+    fp: BinaryIO
+    little: bool
+    implicit: bool
+    limits: StructureLimits
+    elements: int = 0
+
+    def read(self, count: int) -> bytes:
+        data = self.fp.read(count)
+        if len(data) < count:
+            raise InvalidInstance("the file is truncated: an element header runs past the end of the file")
+        return data
+
+    def count(self) -> None:
+        self.elements += 1
+        if self.elements > self.limits.max_elements:
+            raise InvalidInstance(
+                f"the data set has more than {self.limits.max_elements} elements and sequence items (setting DICOM_MAX_ELEMENTS)"
+            )
+
+    def tag_and_length(self) -> tuple[int, bytes | None, int]:
+        endian = "<" if self.little else ">"
+        group, element = struct.unpack(endian + "HH", self.read(4))
+        tag = (group << 16) | element
+        if group == 0xFFFE:  # items and delimiters: always implicit form (PS3.5 7.5)
+            return tag, None, struct.unpack(endian + "L", self.read(4))[0]
+        if self.implicit:
+            return tag, None, struct.unpack(endian + "L", self.read(4))[0]
+        vr = self.read(2)
+        if vr in _LONG_LENGTH_VRS:
+            self.read(2)
+            return tag, vr, struct.unpack(endian + "L", self.read(4))[0]
+        return tag, vr, struct.unpack(endian + "H", self.read(2))[0]
+
+    def dataset(self, end: int | None, depth: int, top_level: bool) -> None:
+        """Scan elements until ``end`` (or an item delimiter when ``end`` is None)."""
+        if depth > _MAX_DEPTH:
+            raise InvalidInstance(f"sequences are nested more than {_MAX_DEPTH} deep")
+        while end is None or self.fp.tell() < end:
+            if end is None and not self.fp.peek_available():
+                raise InvalidInstance("the file is truncated inside a sequence item of undefined length")
+            start = self.fp.tell()
+            tag, vr, length = self.tag_and_length()
+            if tag == _ITEM_DELIMITER and end is None:
+                return
+            if top_level and tag == _PIXEL_DATA:
+                self.fp.seek(start)
+                return
+            self.count()
+            is_sequence = vr == b"SQ" or (vr is None and _dictionary_vr(tag) == "SQ")
+            if length == _UNDEFINED:
+                if is_sequence or vr == b"UN" or vr is None:
+                    self.sequence(None, depth)
+                    continue
+                raise InvalidInstance(
+                    f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) has an undefined length but is not a sequence"
+                )
+            value_end = self.fp.tell() + length
+            if value_end > self.fp.size:
+                raise InvalidInstance(
+                    f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) declares {length} bytes but the file ends "
+                    f"{self.fp.size - self.fp.tell()} bytes after its header"
+                )
+            if is_sequence:
+                self.sequence(value_end, depth)
+            self.fp.seek(value_end)
+
+    def sequence(self, end: int | None, depth: int) -> None:
+        while end is None or self.fp.tell() < end:
+            tag, _, length = self.tag_and_length()
+            if tag == _SEQUENCE_DELIMITER:
+                if end is None:
+                    return
+                continue
+            if tag != _ITEM:
+                raise InvalidInstance(f"a sequence holds ({tag >> 16:04X},{tag & 0xFFFF:04X}) where an item must be")
+            self.count()
+            if length == _UNDEFINED:
+                self.dataset(None, depth + 1, top_level=False)
+            else:
+                item_end = self.fp.tell() + length
+                if item_end > self.fp.size:
+                    raise InvalidInstance("a sequence item declares more bytes than the file holds")
+                self.dataset(item_end, depth + 1, top_level=False)
+                self.fp.seek(item_end)
+
+
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
+
+
+class _SizedReader:
+    """A file with its size known and a way to ask whether bytes remain."""
+
+    def __init__(self, fp: BinaryIO, size: int) -> None:
+        self._fp = fp
+        self.size = size
+
+    def read(self, count: int) -> bytes:
+        return self._fp.read(count)
+
+    def seek(self, offset: int) -> None:
+        self._fp.seek(offset)
+
+    def tell(self) -> int:
+        return self._fp.tell()
+
+    def peek_available(self) -> bool:
+        return self._fp.tell() < self.size
+
+
+def meta_end(fp: BinaryIO, size: int) -> tuple[int, str]:
+    """Where the file meta information (group 0002, explicit VR little endian) ends, and its transfer syntax."""
+    fp.seek(132)
+    transfer_syntax = ""
+    while fp.tell() + 8 <= size:
+        start = fp.tell()
+        header = fp.read(8)
+        group, element = struct.unpack("<HH", header[:4])
+        if group != 0x0002:
+            fp.seek(start)
+            return start, transfer_syntax
+        vr = header[4:6]
+        length = struct.unpack("<L", fp.read(4))[0] if vr in _LONG_LENGTH_VRS else struct.unpack("<H", header[6:8])[0]
+        if fp.tell() + length > size:
+            raise InvalidInstance("the file meta information runs past the end of the file")
+        value = fp.read(length)
+        if element == 0x0010:
+            transfer_syntax = value.decode("ascii", "replace").rstrip("\0 ")
+    return size, transfer_syntax
+
+
+def check_structure(fp: BinaryIO, size: int, limits: StructureLimits) -> None:
+    """Refuse files whose structure would make parsing unbounded (see the module docstring)."""
+    start, transfer_syntax = meta_end(fp, size)
+    if transfer_syntax in DEFLATED_SYNTAXES:
+        _check_inflated_size(fp, start, limits)
+        return  # the inflated data set is bounded; pydicom reads it
+    little = transfer_syntax != "1.2.840.10008.1.2.2"
+    implicit = transfer_syntax == "1.2.840.10008.1.2"
+    if not implicit and start + 6 <= size:
+        # Some writers use implicit VR whatever the meta says: trust the bytes, as pydicom does.
+        fp.seek(start + 4)
+        vr = fp.read(2)
+        implicit = not (vr.isalpha() and vr.isupper())
+    fp.seek(start)
+    reader = _SizedReader(fp, size)
+    _Scan(reader, little, implicit, limits).dataset(size, depth=0, top_level=True)
+
+
+def _check_inflated_size(fp: BinaryIO, start: int, limits: StructureLimits) -> None:
+    fp.seek(start)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated = 0
+    while True:
+        chunk = fp.read(_INFLATE_CHUNK)
+        data = inflater.unconsumed_tail + chunk if inflater.unconsumed_tail else chunk
+        if not data:
+            break
+        try:
+            while data:
+                output = inflater.decompress(data, _INFLATE_CHUNK)
+                inflated += len(output)
+                if inflated > limits.max_inflated_bytes:
+                    raise InvalidInstance(
+                        f"the deflated data set inflates to more than {limits.max_inflated_bytes} bytes "
+                        "(setting DICOM_MAX_INFLATED_BYTES)"
+                    )
+                data = inflater.unconsumed_tail
+                if inflater.eof:
+                    return
+        except zlib.error as error:
+            raise InvalidInstance(f"the deflated data set cannot be inflated: {error}") from None
+        if not chunk:
+            break

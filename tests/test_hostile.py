@@ -1,0 +1,149 @@
+"""Hostile STOW input: each gets a precise 4xx (or a failed instance) and nothing is stored."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.uid import generate_uid
+
+from tests.dicom_files import minimal_instance, multipart, new_instance, stow_headers
+
+
+async def post_parts(client, parts):
+    body, boundary = multipart(parts)
+    return await client.post("/v2/studies", content=body, headers=stow_headers(boundary))
+
+
+def failed_messages(response) -> list[str]:
+    return [item["00000902"]["Value"][0] for item in response.json().get("00081198", {}).get("Value", [])]
+
+
+async def nothing_stored(services) -> bool:
+    return not [f async for f in services.lake.list("")]
+
+
+async def test_uids_with_path_characters_are_refused(client, services):
+    for uid in ("1.2/../../3", "1.2\\3", "1.2.3%2F4", "../../etc/passwd"):
+        response = await post_parts(client, [minimal_instance(SOPInstanceUID=uid)])
+        assert response.status_code == 409
+        assert "not a valid UID" in failed_messages(response)[0]
+    assert await nothing_stored(services)
+
+
+async def test_uid_over_64_characters_is_refused(client, services):
+    response = await post_parts(client, [minimal_instance(StudyInstanceUID="1." + "2" * 70)])
+    assert response.status_code == 409
+    assert "more than 64" in failed_messages(response)[0]
+    assert await nothing_stored(services)
+
+
+async def test_nested_multipart_part_is_refused(client, services):
+    inner, inner_boundary = multipart([new_instance()])
+    response = await post_parts(client, [(f"multipart/related; boundary={inner_boundary}", inner)])
+    assert response.status_code == 409
+    assert "expected application/dicom" in failed_messages(response)[0]
+    assert await nothing_stored(services)
+
+
+async def test_declared_length_beyond_the_body_is_refused(client, services):
+    data = bytearray(new_instance(StudyDescription="x" * 20))
+    position = data.index(b"\x08\x00\x30\x10LO")  # StudyDescription (0008,1030) LO
+    data[position + 6 : position + 8] = struct.pack("<H", 60000)
+    response = await post_parts(client, [bytes(data)])
+    assert response.status_code == 409
+    assert "declares 60000 bytes" in failed_messages(response)[0]
+    assert await nothing_stored(services)
+
+
+def _deflated_instance(zero_bytes: int) -> bytes:
+    """A Deflated Explicit VR Little Endian file whose data set inflates to over ``zero_bytes``."""
+    dataset = Dataset()
+    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    dataset.SOPInstanceUID = generate_uid()
+    dataset.StudyInstanceUID = generate_uid()
+    dataset.SeriesInstanceUID = generate_uid()
+    dataset.PatientID = "BOMB"
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    pydicom.filewriter.write_dataset(buffer, dataset)
+    header = buffer.getvalue()
+    big = b"\x09\x00\x10\x10OB\x00\x00" + struct.pack("<L", zero_bytes)  # a private OB of zeros
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    deflated = compressor.compress(header + big)
+    chunk = bytes(1024 * 1024)
+    for _ in range(zero_bytes // len(chunk)):
+        deflated += compressor.compress(chunk)
+    deflated += compressor.flush()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    meta_buffer = DicomBytesIO()
+    pydicom.filewriter.write_file_meta_info(meta_buffer, meta, enforce_standard=True)
+    return bytes(128) + b"DICM" + meta_buffer.getvalue() + deflated
+
+
+async def test_deflate_bomb_is_refused_without_inflating_it(client, services, with_limits):
+    with_limits(max_inflated_bytes=8 * 1024 * 1024)
+    bomb = _deflated_instance(64 * 1024 * 1024)
+    assert len(bomb) < 200_000
+    response = await post_parts(client, [bomb])
+    assert response.status_code == 409
+    assert "DICOM_MAX_INFLATED_BYTES" in failed_messages(response)[0]
+    assert await nothing_stored(services)
+
+
+async def test_small_deflated_instance_is_stored(client, services):
+    response = await post_parts(client, [_deflated_instance(1024)])
+    assert response.status_code == 200, response.text
+
+
+def _many_items_instance(items: int) -> bytes:
+    data = minimal_instance()
+    sequence = b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff"  # ReferencedSeriesSequence, undefined length
+    sequence += b"\xfe\xff\x00\xe0\x00\x00\x00\x00" * items + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    return data + sequence
+
+
+async def test_sequence_with_millions_of_items_is_refused(client, services, with_limits):
+    with_limits(max_elements=10_000)
+    response = await post_parts(client, [_many_items_instance(50_000)])
+    assert response.status_code == 409
+    assert "DICOM_MAX_ELEMENTS" in failed_messages(response)[0]
+    assert await nothing_stored(services)
+
+
+async def test_a_sequence_that_never_ends_is_refused(client, services):
+    data = minimal_instance() + b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    response = await post_parts(client, [data])
+    assert response.status_code == 409
+    assert "truncated" in failed_messages(response)[0]
+    assert await nothing_stored(services)
+
+
+async def test_unknown_character_set_is_refused(client, services):
+    response = await post_parts(client, [minimal_instance(SpecificCharacterSet="ISO_IR 999", PatientName="x")])
+    assert response.status_code == 409
+    assert "SpecificCharacterSet" in failed_messages(response)[0]
+    assert await nothing_stored(services)
+
+
+async def test_every_defined_character_set_is_accepted(client):
+    for charset in ("ISO_IR 192", "ISO_IR 100", "ISO 2022 IR 87", ["ISO 2022 IR 6", "ISO 2022 IR 87"], "GB18030"):
+        response = await post_parts(client, [minimal_instance(SpecificCharacterSet=charset)])
+        assert response.status_code == 200, (charset, response.text)
+
+
+async def test_a_valid_instance_next_to_hostile_ones_is_stored(client, services):
+    good = new_instance()
+    response = await post_parts(client, [_many_items_instance(1), b"\0" * 1000, good])
+    assert response.status_code == 202
+    dataset = pydicom.dcmread(io.BytesIO(good))
+    stored = [f.path async for f in services.lake.list("")]
+    assert len(stored) == 2
+    assert any(path.endswith(f"/{dataset.SeriesInstanceUID}/{dataset.SOPInstanceUID}.dcm") for path in stored)
