@@ -13,8 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import httpx
-from hypothesis import settings as hypothesis_settings
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from dicom_core.http.app import create_app
 from dicom_core.local import azurite

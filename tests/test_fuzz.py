@@ -40,7 +40,9 @@ def mutated(draw, data: bytes) -> bytes:
         elif kind == "truncate":
             del result[draw(st.integers(0, len(result))) :]
         else:  # a huge or undefined length
-            result[position : position + 4] = draw(st.sampled_from([b"\xff\xff\xff\xff", b"\xff\xff\xff\x7f", b"\x00\x00\x01\x00"]))
+            result[position : position + 4] = draw(
+                st.sampled_from([b"\xff\xff\xff\xff", b"\xff\xff\xff\x7f", b"\x00\x00\x01\x00"])
+            )
     return bytes(result)
 
 

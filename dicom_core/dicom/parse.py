@@ -33,6 +33,8 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 # Elements larger than this stay on disk while the header is parsed.
 _DEFER_SIZE = 64 * 1024
 
+DEFAULT_LIMITS = StructureLimits()
+
 # pydicom keeps process-wide state that parsing changes for a moment
 # (warnings.catch_warnings here; config.strict_reading inside to_json_dict), so
 # everything that reads a data set holds this lock. Parsing a header is short.
@@ -61,7 +63,7 @@ class ParsedInstance:
     frame_ranges: list[list[ByteRange]] | None
 
 
-def parse_instance(fp: BinaryIO, size: int, limits: StructureLimits = StructureLimits()) -> ParsedInstance:
+def parse_instance(fp: BinaryIO, size: int, limits: StructureLimits = DEFAULT_LIMITS) -> ParsedInstance:
     """Parse the Part 10 file in ``fp`` (``size`` bytes) and check what storing requires.
 
     Raises InvalidInstance with a client-facing reason.
