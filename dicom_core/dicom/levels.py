@@ -42,6 +42,7 @@ INSTANCE_TAGS: tuple[int, ...] = (
     0x00080005,  # SpecificCharacterSet
     0x00080016,  # SOPClassUID
     0x00080018,  # SOPInstanceUID
+    0x0008002A,  # AcquisitionDateTime (a QIDO-RS matching key)
     0x00200013,  # InstanceNumber
     0x00280008,  # NumberOfFrames
     0x00280010,  # Rows

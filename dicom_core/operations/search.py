@@ -1,0 +1,348 @@
+"""QIDO-RS: search for studies, series and instances (PS3.18 10.6, matching per PS3.4 C.2.2.2).
+
+A search is answered by point reads and key ranges only (docs/index-design.md):
+
+1. ``parse_query`` turns the query string into constraints (dicom/query.py).
+2. One constraint *drives* the search: the cheapest way in. UIDs known from the URL or
+   the query are point reads of the study, series or instance entity; any other key is
+   a range of the lookup table (storage/lookup.py) that yields candidate UID paths.
+   Without any constraint, the level's own table is read in key order.
+3. Every candidate is *verified*: its entity (and, when needed, the entities above it,
+   read once per request) must match every constraint. A stale lookup entry (deleted
+   instance, changed attribute) fails this and is dropped, so deletes never touch the
+   lookup table.
+4. A match at a level above the one searched is expanded by key ranges: the series of a
+   study, the instances of a series.
+
+Results come in the order of the driving range: by the driving key's normalized value,
+then by UIDs (README, "Order"); paging reads ``offset + limit + 1`` matches and stops,
+the extra one telling whether a ``Warning`` header is due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+
+from dicom_core.dicom.levels import INSTANCE_TAGS
+from dicom_core.dicom.query import (
+    INSTANCE_AVAILABILITY,
+    LEVEL_TAGS,
+    MAX_LIMIT,
+    MODALITIES_IN_STUDY,
+    NUMBER_OF_SERIES_RELATED_INSTANCES,
+    NUMBER_OF_STUDY_RELATED_INSTANCES,
+    NUMBER_OF_STUDY_RELATED_SERIES,
+    RETRIEVE_URL,
+    UID_KEYS,
+    Constraint,
+    InvalidQuery,
+    Level,
+    LookupPlan,
+    SearchQuery,
+    UidList,
+    parse_query,
+)
+from dicom_core.errors import BadRequest
+from dicom_core.services import Services
+from dicom_core.storage.index import Index, decode_json, study_partition_key
+from dicom_core.storage.lookup import parse_row_key, partition_key
+
+_VERIFY_CONCURRENCY = 16  # candidates verified at once (point reads in flight)
+_SYNTHESIZED = {RETRIEVE_URL, INSTANCE_AVAILABILITY}
+_INSTANCE_FIELDS = ["PartitionKey", "RowKey", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Attributes"]
+WARNING_AGENT = "dicomweb-lake"
+
+Path = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    partition: str
+    level: Level
+    parameters: list[tuple[str, str]]
+    base_url: str  # the URL prefix of this partition's resources, e.g. http://host/v2
+    study: str | None = None  # from the URL
+    series: str | None = None
+
+
+@dataclass
+class SearchResult:
+    matches: list[dict]
+    warning: str | None = None  # the Warning header (PS3.18 8.3.4.4) when results were cut
+
+
+@dataclass
+class _Row:
+    """One match: its UID path and the attributes of each level read for it."""
+
+    path: Path
+    attributes: dict[Level, dict] = field(default_factory=dict)
+
+
+async def search(services: Services, request: SearchRequest) -> SearchResult:
+    """Answer one QIDO-RS request; see the module docstring."""
+    try:
+        query = parse_query(request.parameters, request.level, request.study, request.series)
+    except InvalidQuery as error:
+        raise BadRequest(str(error)) from None
+    searcher = _Search(services.index, request.partition, query)
+    wanted = query.offset + query.limit + 1
+    rows: list[_Row] = []
+    found = searcher.rows()
+    try:
+        async for row in found:
+            rows.append(row)
+            if len(rows) >= wanted:
+                break
+    finally:
+        await found.aclose()
+    page = rows[query.offset : query.offset + query.limit]
+    warning = None
+    if len(rows) > query.offset + query.limit:
+        cap = f" (at most {MAX_LIMIT} per request)" if query.limit_capped else ""
+        warning = (
+            f'299 {WARNING_AGENT} "The number of results exceeded the limit{cap}. Additional results can be '
+            f'requested with offset={query.offset + query.limit}."'
+        )
+    return SearchResult([searcher.render(row, request.base_url) for row in page], warning)
+
+
+def _own_uid(constraint: Constraint, level: Level) -> bool:
+    """Whether ``constraint`` is a list of the level's own UIDs, which a candidate's key path answers."""
+    return isinstance(constraint, UidList) and constraint.key.keyword == UID_KEYS[level]
+
+
+def _known_uids(query: SearchQuery, level: Level) -> set[str] | None:
+    """The UIDs a level is limited to by the URL and the query (their intersection), or None."""
+    known: set[str] | None = None
+    for constraint in query.by_level[level]:
+        if _own_uid(constraint, level):
+            known = set(constraint.uids) if known is None else known & set(constraint.uids)
+    return known
+
+
+class _Search:
+    """One search: the driver, verification with a per-request cache of entities, rendering."""
+
+    def __init__(self, index: Index, partition: str, query: SearchQuery) -> None:
+        self.index = index
+        self.partition = partition
+        self.query = query
+        self.known = {level: _known_uids(query, level) for level in Level}
+        # The levels whose entity must be read: it is returned from, or matched beyond its UID.
+        self.needed = {level: level <= query.level and self._returns_or_matches(level) for level in Level}
+        extra = query.returned - LEVEL_TAGS[Level.STUDY] - LEVEL_TAGS[Level.SERIES] - set(INSTANCE_TAGS) - _SYNTHESIZED
+        self.instance_fields = _INSTANCE_FIELDS + (["Metadata"] if query.include_all or extra else [])
+        self._cache: dict[tuple[Level, Path], asyncio.Task[dict | None]] = {}
+
+    def _returns_or_matches(self, level: Level) -> bool:
+        wanted = self.query.wanted(level)
+        return wanted is None or bool(wanted) or any(not _own_uid(c, level) for c in self.query.by_level[level])
+
+    # -- candidates ----------------------------------------------------------------------------
+
+    def rows(self) -> AsyncIterator[_Row]:
+        """Every match, in the documented order."""
+        query = self.query
+        points = self._point_driver()
+        plans = [
+            (constraint.key.level, constraint.lookup())
+            for constraint in query.constraints
+            if not _own_uid(constraint, Level.STUDY)
+        ]
+        best = min(plans, key=lambda item: (item[1].cost, -item[0]), default=None)
+        if points is not None and (best is None or (0, -points[0]) <= (best[1].cost, -best[0])):
+            level, paths = points
+            return self._verified(level, self._from_paths(paths), lookup=False)
+        if best is not None:
+            level, plan = best
+            return self._verified(level, self._from_lookup(level, plan), lookup=True)
+        return self._scan()
+
+    def _point_driver(self) -> tuple[Level, list[Path]] | None:
+        """The deepest level whose UIDs are all known (with one known parent): point reads."""
+        studies = self.known[Level.STUDY]
+        if studies is None:
+            return None
+        paths: list[Path] = [(study,) for study in sorted(studies)]
+        level = Level.STUDY
+        for deeper in (Level.SERIES, Level.INSTANCE):
+            uids = self.known[deeper]
+            if uids is None or len(paths) != 1 or deeper > self.query.level:
+                break
+            paths = [(*paths[0], uid) for uid in sorted(uids)]
+            level = deeper
+        return level, paths
+
+    async def _from_paths(self, paths: list[Path]) -> AsyncIterator[tuple[Path, dict | None]]:
+        for path in paths:
+            yield path, None
+
+    async def _from_lookup(self, level: Level, plan: LookupPlan) -> AsyncIterator[tuple[Path, dict | None]]:
+        """Candidate paths from the lookup ranges, filtered by their indexed value, each once."""
+        pk = partition_key(self.partition, level, plan.attribute)
+        seen: set[Path] = set()
+        page_size = self.query.offset + self.query.limit + 1
+        for value_range in plan.ranges:
+            async for row_key in self.index.lookup.scan(pk, value_range, page_size):
+                value, cut, path = parse_row_key(row_key)
+                if path in seen or (plan.accepts is not None and not cut and not plan.accepts(value)):
+                    continue
+                seen.add(path)
+                yield path, None
+
+    async def _scan(self) -> AsyncIterator[_Row]:
+        """No constraint: the level's own table, in key order, as far as the page needs."""
+        level = self.query.level
+        select = self.instance_fields if level == Level.INSTANCE else None
+        page_size = self.query.offset + self.query.limit + 1
+        async for entity in self.index.in_partition(level, self.partition, select=select, page_size=page_size):
+            path = tuple(entity[UID_KEYS[at]] for at in Level if at <= level)
+            row = await self._row(level, path, entity)
+            if row is not None:
+                yield row
+
+    # -- verification and expansion ------------------------------------------------------------------
+
+    async def _verified(
+        self, level: Level, candidates: AsyncIterator[tuple[Path, dict | None]], lookup: bool
+    ) -> AsyncIterator[_Row]:
+        """Verify candidates of ``level`` a few at a time (point reads in parallel), then expand each match."""
+        chunk: list[Awaitable[_Row | None]] = []
+
+        async def drain() -> AsyncIterator[_Row]:
+            for row in await asyncio.gather(*chunk):
+                if row is not None:
+                    async for expanded in self._expand(row, level):
+                        yield expanded
+            chunk.clear()
+
+        async for path, entity in candidates:
+            chunk.append(self._row(level, path, entity, must_read=lookup))
+            if len(chunk) >= _VERIFY_CONCURRENCY:
+                async for row in drain():
+                    yield row
+        async for row in drain():
+            yield row
+
+    async def _row(self, level: Level, path: Path, entity: dict | None, must_read: bool = False) -> _Row | None:
+        """The candidate at ``path`` with the attributes of the levels needed, or None when it does not match."""
+        if not self._uids_match(path):
+            return None
+        row = _Row(path)
+        for at in Level:
+            if at > level:
+                break
+            if at == level and entity is not None:
+                attributes = self._attributes(at, entity)
+            elif self.needed[at] or (at == level and must_read):
+                attributes = await self._read(at, path[: at + 1])
+                if attributes is None:
+                    return None
+            else:
+                continue
+            if not self._matches(at, attributes):
+                return None
+            row.attributes[at] = attributes
+        return row
+
+    async def _expand(self, row: _Row, level: Level) -> AsyncIterator[_Row]:
+        """The matches at the searched level below ``row`` (itself when it is at that level)."""
+        if level == self.query.level:
+            yield row
+            return
+        child = Level(level + 1)
+        study_key = study_partition_key(self.partition, row.path[0])
+        if child == Level.SERIES and not self.needed[Level.SERIES]:
+            # Instances of a study straight from the study's partition: no series attribute is needed.
+            child = Level.INSTANCE
+            entities = self.index.children(child, study_key, select=self.instance_fields)
+        elif child == Level.SERIES:
+            entities = self.index.children(child, study_key)
+        else:
+            entities = self.index.children(child, study_key, row.path[1], select=self.instance_fields)
+        async for entity in entities:
+            path = tuple(entity[UID_KEYS[at]] for at in Level if at <= child)
+            if not self._uids_match(path):
+                continue
+            attributes = self._attributes(child, entity)
+            if not self._matches(child, attributes):
+                continue
+            found = _Row(path, {**row.attributes, child: attributes})
+            async for expanded in self._expand(found, child):
+                yield expanded
+
+    def _uids_match(self, path: Path) -> bool:
+        return all(self.known[level] is None or uid in self.known[level] for level, uid in zip(Level, path, strict=False))
+
+    def _matches(self, level: Level, attributes: dict) -> bool:
+        return all(
+            constraint.matches(attributes.get(constraint.key.hex))
+            for constraint in self.query.by_level[level]
+            if not _own_uid(constraint, level)
+        )
+
+    async def _read(self, level: Level, path: Path) -> dict | None:
+        """The attributes of one entity, read once per search (concurrent readers share the read)."""
+        key = (level, path)
+        if key not in self._cache:
+            self._cache[key] = asyncio.ensure_future(self._read_entity(level, path))
+        return await self._cache[key]
+
+    async def _read_entity(self, level: Level, path: Path) -> dict | None:
+        if level == Level.STUDY:
+            entity = await self.index.read(level, self.partition, path[0])
+        elif level == Level.SERIES:
+            entity = await self.index.read(level, study_partition_key(self.partition, path[0]), path[1])
+        else:
+            pk, rk = study_partition_key(self.partition, path[0]), f"{path[1]}|{path[2]}"
+            entity = await self.index.read(level, pk, rk, select=self.instance_fields)
+        return None if entity is None else self._attributes(level, entity)
+
+    @staticmethod
+    def _attributes(level: Level, entity: dict) -> dict:
+        """An entity's DICOM JSON, with what QIDO computes from its counts (PS3.18 10.6.3.3)."""
+        attributes = json.loads(entity.get("Attributes") or "{}")
+        if level == Level.STUDY:
+            modalities = sorted(m for m, n in json.loads(entity.get("ModalityCounts") or "{}").items() if n > 0)
+            if modalities:
+                attributes[f"{MODALITIES_IN_STUDY:08X}"] = {"vr": "CS", "Value": modalities}
+            attributes[f"{NUMBER_OF_STUDY_RELATED_SERIES:08X}"] = _count(entity, "NumberOfStudyRelatedSeries")
+            attributes[f"{NUMBER_OF_STUDY_RELATED_INSTANCES:08X}"] = _count(entity, "NumberOfStudyRelatedInstances")
+        elif level == Level.SERIES:
+            attributes[f"{NUMBER_OF_SERIES_RELATED_INSTANCES:08X}"] = _count(entity, "NumberOfSeriesRelatedInstances")
+        elif entity.get("Metadata"):
+            metadata = decode_json(entity["Metadata"]) or {}
+            attributes = {tag: e for tag, e in metadata.items() if "BulkDataURI" not in e} | attributes
+        return attributes
+
+    # -- results ------------------------------------------------------------------------------------------
+
+    def render(self, row: _Row, base_url: str) -> dict:
+        """The DICOM JSON of one match: defaults, matched keys and includefield, tags in order."""
+        result: dict[str, dict] = {}
+        for level, attributes in row.attributes.items():
+            wanted = self.query.wanted(level)
+            if wanted is None:
+                result.update(attributes)
+            else:
+                result.update({tag: element for tag, element in attributes.items() if int(tag, 16) in wanted})
+        level = self.query.level
+        wanted = self.query.wanted(level)
+        url = f"{base_url}/studies/{row.path[0]}"
+        if level >= Level.SERIES:
+            url += f"/series/{row.path[1]}"
+        if level == Level.INSTANCE:
+            url += f"/instances/{row.path[2]}"
+        if wanted is None or RETRIEVE_URL in wanted:
+            result[f"{RETRIEVE_URL:08X}"] = {"vr": "UR", "Value": [url]}
+        if wanted is None or INSTANCE_AVAILABILITY in wanted:
+            result[f"{INSTANCE_AVAILABILITY:08X}"] = {"vr": "CS", "Value": ["ONLINE"]}
+        return dict(sorted(result.items()))
+
+
+def _count(entity: dict, name: str) -> dict:
+    return {"vr": "IS", "Value": [int(entity.get(name, 0) or 0)]}
