@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from dicom_core.settings import Settings
 from dicom_core.storage import connections
+from dicom_core.storage.changefeed_store import ChangeFeedStore
+from dicom_core.storage.delete_journal import DeleteJournal
+from dicom_core.storage.health_store import HealthStore
 from dicom_core.storage.index import Index
 from dicom_core.storage.lake import Lake
 from dicom_core.storage.layout import LakeLayout
@@ -17,6 +20,9 @@ class Services:
     lake: Lake
     index: Index
     layout: LakeLayout
+    changefeed: ChangeFeedStore
+    deletes: DeleteJournal
+    health: HealthStore
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
@@ -26,11 +32,23 @@ class Services:
             connections.datalake_service(settings.lake),
             settings.file_system,
         )
-        index = Index(connections.table_service(settings.index), settings.table_prefix)
-        services = cls(settings, lake, index, LakeLayout(settings.workspace, settings.service))
+        tables = connections.table_service(settings.index)
+        index = Index(tables, settings.table_prefix)
+        services = cls(
+            settings,
+            lake,
+            index,
+            LakeLayout(settings.workspace, settings.service),
+            ChangeFeedStore(tables, settings.table_prefix),
+            DeleteJournal(tables, settings.table_prefix),
+            HealthStore(tables, settings.table_prefix),
+        )
         try:
             await lake.prepare()
             await index.prepare()
+            await services.changefeed.prepare()
+            await services.deletes.prepare()
+            await services.health.prepare()
         except BaseException:
             await services.close()
             raise

@@ -33,11 +33,15 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
+from dicom_core.dicom.query import Level
 from dicom_core.storage.layout import InstanceKey
+from dicom_core.storage.lookup import Lookup, instance_entries, level_entries, study_entries
 
 _SEPARATOR = "|"
 _MAX_BINARY = 64 * 1024  # Table Storage's limit for one binary property
 _CONCURRENCY_RETRIES = 50
+_APPLIED_DELETES_KEPT = 50  # delete jobs a study or series entity remembers, so a resumed delete counts once
+_SWEEP_PROPERTIES = ["PartitionKey", "RowKey", "PartitionName", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Path"]
 
 
 @dataclass
@@ -143,6 +147,10 @@ def instance_entity(record: InstanceRecord) -> dict[str, Any]:
     return entity
 
 
+def _key_of(entity: dict[str, Any]) -> InstanceKey:
+    return InstanceKey(entity["PartitionName"], entity["StudyInstanceUID"], entity["SeriesInstanceUID"], entity["SOPInstanceUID"])
+
+
 def entity_size(entity: dict[str, Any]) -> int:
     """An upper bound of the entity's size on the wire (binary goes as base64)."""
     return 1024 + sum(len(value) * 4 // 3 + 64 for value in entity.values() if isinstance(value, str | bytes))
@@ -157,6 +165,7 @@ class Index:
         self.series: TableClient = service.get_table_client(f"{table_prefix}series")
         self.instances: TableClient = service.get_table_client(f"{table_prefix}instances")
         self.statistics = IndexStatistics()
+        self.lookup = Lookup(service, table_prefix, self.statistics)
 
     async def close(self) -> None:
         await self._service.close()
@@ -165,6 +174,7 @@ class Index:
         for table in (self.studies, self.series, self.instances):
             with contextlib.suppress(ResourceExistsError):
                 await table.create_table()
+        await self.lookup.prepare()
 
     # -- instances ---------------------------------------------------------------------------
 
@@ -180,15 +190,38 @@ class Index:
         self.statistics.entities_read += 1
         return entity
 
-    async def put_instance(self, record: InstanceRecord) -> None:
-        """Create or replace one instance entity."""
-        self.statistics.requests += 1
-        await self.instances.upsert_entity(instance_entity(record), mode=UpdateMode.REPLACE)
+    async def put_instance(self, record: InstanceRecord, *, create: bool = False) -> bool:
+        """Create or replace one instance entity; True when it was created.
 
-    async def put_instances(self, entities: list[dict]) -> None:
-        """Create or replace instance entities of one study in one transaction (at most 100, under 4 MiB)."""
+        With ``create``, the entity is created when absent and replaced otherwise, and
+        the result tells which: only the writer that created it counts the instance.
+        """
+        entity = instance_entity(record)
+        await self.lookup.put(instance_entries(entity))  # first: an entity is never visible without its entries
+        if create:
+            self.statistics.requests += 1
+            try:
+                await self.instances.create_entity(entity)
+                return True
+            except ResourceExistsError:
+                pass
         self.statistics.requests += 1
-        await self.instances.submit_transaction([("upsert", entity, {"mode": UpdateMode.REPLACE}) for entity in entities])
+        await self.instances.upsert_entity(entity, mode=UpdateMode.REPLACE)
+        return False
+
+    async def put_instances(self, entities: list[dict], *, create: set[InstanceKey] | frozenset = frozenset()) -> None:
+        """Create or replace instance entities of one study in one transaction (at most 100, under 4 MiB).
+
+        Entities of the keys in ``create`` are create-only: the transaction fails when one exists.
+        """
+        await self.lookup.put(entry for entity in entities for entry in instance_entries(entity))
+        self.statistics.requests += 1
+        await self.instances.submit_transaction(
+            [
+                ("create", entity) if _key_of(entity) in create else ("upsert", entity, {"mode": UpdateMode.REPLACE})
+                for entity in entities
+            ]
+        )
 
     async def instances_of_study(self, partition: str, study: str, series: str | None = None) -> AsyncIterator[dict]:
         """Instance entities of a study (or of one series of it), by key range."""
@@ -211,17 +244,67 @@ class Index:
     async def get_series(self, partition: str, study: str, series: str) -> dict | None:
         return await self._get(self.series, study_partition_key(partition, study), series)
 
-    async def _get(self, table: TableClient, pk: str, rk: str) -> dict | None:
+    async def _get(self, table: TableClient, pk: str, rk: str, select: list[str] | None = None) -> dict | None:
         self.statistics.requests += 1
         try:
-            entity = await table.get_entity(pk, rk)
+            entity = await table.get_entity(pk, rk, select=select)
         except ResourceNotFoundError:
             return None
         self.statistics.entities_read += 1
         return entity
 
+    # -- searches (operations/search.py): point reads and key ranges, every request counted ----------
+
+    def table_of(self, level: Level) -> TableClient:
+        return (self.studies, self.series, self.instances)[level]
+
+    async def read(self, level: Level, pk: str, rk: str, select: list[str] | None = None) -> dict | None:
+        """One study, series or instance entity by its keys (a point read), or None."""
+        return await self._get(self.table_of(level), pk, rk, select)
+
+    def children(
+        self, level: Level, pk: str, series: str | None = None, *, select: list[str] | None = None, page_size: int = 1000
+    ) -> AsyncIterator[dict]:
+        """The entities of one PartitionKey (series or instances of a study), or of one series in it (its instances)."""
+        query, parameters = "PartitionKey eq @pk", {"pk": pk}
+        if series is not None:
+            query += " and RowKey gt @low and RowKey lt @high"
+            parameters |= {"low": f"{series}{_SEPARATOR}", "high": f"{series}{chr(ord(_SEPARATOR) + 1)}"}
+        return self._pages(self.table_of(level), query, parameters, select, page_size)
+
+    def in_partition(
+        self, level: Level, partition: str, *, select: list[str] | None = None, page_size: int = 1000
+    ) -> AsyncIterator[dict]:
+        """Every entity of a level in one DICOM partition, in key order (a PartitionKey range below the study level)."""
+        if level == Level.STUDY:
+            query, parameters = "PartitionKey eq @pk", {"pk": partition}
+        else:
+            query = "PartitionKey ge @low and PartitionKey lt @high"
+            parameters = {"low": f"{partition}{_SEPARATOR}", "high": f"{partition}{chr(ord(_SEPARATOR) + 1)}"}
+        return self._pages(self.table_of(level), query, parameters, select, page_size)
+
+    async def _pages(
+        self, table: TableClient, query: str, parameters: dict, select: list[str] | None, page_size: int
+    ) -> AsyncIterator[dict]:
+        pages = table.query_entities(
+            query, parameters=parameters, select=select, results_per_page=min(max(page_size, 1), 1000)
+        ).by_page()
+        async for page in pages:
+            self.statistics.requests += 1
+            async for entity in page:
+                self.statistics.entities_read += 1
+                yield entity
+
     async def record_stored(self, update: LevelUpdate) -> None:
-        """Apply what a store request added to one series to its series and study entities."""
+        """Apply what a store request added to one series to its series and study entities.
+
+        The lookup entries of both go first, so a study or series is never visible without
+        them; an entry left by a failure in between is stale, and searches verify entries.
+        """
+        await self.lookup.put(
+            study_entries(update.partition, update.study, update.study_attributes, update.modality)
+            + level_entries(update.partition, Level.SERIES, (update.study, update.series), update.series_attributes)
+        )
         series_created = await self._change(
             self.series,
             study_partition_key(update.partition, update.study),
@@ -254,6 +337,71 @@ class Index:
                 )
                 return False
             except (ResourceExistsError, ResourceModifiedError):
+                continue  # another writer got there first: read again
+        raise RuntimeError(f"gave up updating {table.table_name} entity {pk}/{rk} after {_CONCURRENCY_RETRIES} conflicts")
+
+    # -- deletes (operations/delete.py) --------------------------------------------------------
+
+    async def all_instances(self, partition: str | None = None) -> AsyncIterator[dict]:
+        """Every instance entity (of one partition: a PartitionKey range); for reindex, never for a request."""
+        if partition is None:
+            entities = self.instances.list_entities(select=_SWEEP_PROPERTIES)
+        else:
+            query = "PartitionKey ge @low and PartitionKey lt @high"
+            bounds = {"low": f"{partition}{_SEPARATOR}", "high": f"{partition}{chr(ord(_SEPARATOR) + 1)}"}
+            entities = self.instances.query_entities(query, parameters=bounds, select=_SWEEP_PROPERTIES)
+        async for entity in entities:
+            yield entity
+
+    async def delete_instance(self, key: InstanceKey) -> None:
+        """Remove one instance entity (no error when it is gone already)."""
+        self.statistics.requests += 1
+        await self.instances.delete_entity(study_partition_key(key.partition, key.study), instance_row_key(key.series, key.sop))
+
+    async def record_deleted(self, partition: str, study: str, series: str, removed: int, job: str) -> None:
+        """Take ``removed`` instances of delete ``job`` off the series and study counts, once per job.
+
+        Each entity remembers the jobs it applied, so a delete resumed after an outage
+        never decrements twice. A series left without instances is removed, and with
+        it one series of its modality from the study (ModalitiesInStudy); a study left
+        without series is removed.
+        """
+        series_key = study_partition_key(partition, study)
+        modality = await self._decrement(self.series, series_key, series, job, {"NumberOfSeriesRelatedInstances": removed})
+        series_gone = modality is not None or await self.get_series(partition, study, series) is None
+        changes = {"NumberOfStudyRelatedInstances": removed, "NumberOfStudyRelatedSeries": 1 if series_gone else 0}
+        await self._decrement(self.studies, partition, study, f"{job}|{series}", changes, modality or "")
+
+    async def _decrement(
+        self, table: TableClient, pk: str, rk: str, job: str, amounts: dict[str, int], modality: str = ""
+    ) -> str | None:
+        """Subtract ``amounts`` once per ``job`` under ETag concurrency; delete the entity when its first count hits 0.
+
+        Returns the Modality of a deleted entity ("" when it had none), None when it remains or never existed.
+        """
+        for _ in range(_CONCURRENCY_RETRIES):
+            current = await self._get(table, pk, rk)
+            applied = json.loads(current.get("AppliedDeletes", "[]")) if current is not None else []
+            if current is None or job in applied:
+                return None
+            entity = dict(current)
+            for name, amount in amounts.items():
+                entity[name] = max(entity.get(name, 0) - amount, 0)
+            if modality and amounts.get("NumberOfStudyRelatedSeries"):
+                modalities = json.loads(entity.get("ModalityCounts", "{}"))
+                modalities[modality] = modalities.get(modality, 0) - 1
+                entity["ModalityCounts"] = json.dumps({m: n for m, n in modalities.items() if n > 0}, sort_keys=True)
+            entity["AppliedDeletes"] = json.dumps([*applied, job][-_APPLIED_DELETES_KEPT:])
+            entity["UpdatedAt"] = datetime.now(UTC)
+            conditions = {"etag": current.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
+            self.statistics.requests += 1
+            try:
+                if entity[next(iter(amounts))] <= 0:
+                    await table.delete_entity(pk, rk, **conditions)
+                    return str(current.get("Modality", "") or "")
+                await table.update_entity(entity, mode=UpdateMode.REPLACE, **conditions)
+                return None
+            except ResourceModifiedError:
                 continue  # another writer got there first: read again
         raise RuntimeError(f"gave up updating {table.table_name} entity {pk}/{rk} after {_CONCURRENCY_RETRIES} conflicts")
 

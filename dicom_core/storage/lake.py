@@ -81,6 +81,10 @@ class Lake:
         self._hierarchical = bool(info.get("is_hns_enabled")) and self._datalake is not None
 
     @property
+    def account_name(self) -> str:
+        return self._blobs.account_name or "(unknown)"
+
+    @property
     def hierarchical(self) -> bool:
         return bool(self._hierarchical)
 

@@ -1,0 +1,77 @@
+"""What the index keeps about an instance file, built the same way by store and reconcile.
+
+Store describes the part it received before writing it; reconcile describes a file
+it found in the lake. Both turn the description into the instance entity's record
+and the change to its series and study (``index_entries``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from dicom_core.dicom.json_model import instance_json
+from dicom_core.dicom.levels import INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS, level_json
+from dicom_core.dicom.parse import ParsedInstance, parse_instance, pydicom_lock
+from dicom_core.dicom.structure import StructureLimits
+from dicom_core.settings import Limits
+from dicom_core.storage.index import InstanceRecord, LevelUpdate
+from dicom_core.storage.layout import InstanceKey
+
+
+@dataclass
+class DescribedInstance:
+    """A parsed, validated instance and the DICOM JSON the index keeps of it."""
+
+    parsed: ParsedInstance
+    metadata: dict
+    study_attributes: dict
+    series_attributes: dict
+    instance_attributes: dict
+
+
+def structure_limits(limits: Limits) -> StructureLimits:
+    return StructureLimits(limits.max_elements, limits.max_inflated_bytes)
+
+
+def describe_instance(file: BinaryIO, size: int, limits: StructureLimits) -> DescribedInstance:
+    """Parse and validate a Part 10 file and build its DICOM JSON (blocking; raises InvalidInstance)."""
+    with pydicom_lock:
+        parsed = parse_instance(file, size, limits)
+        metadata = instance_json(parsed.dataset, parsed.pixel_data_vr)
+    return DescribedInstance(
+        parsed=parsed,
+        metadata=metadata,
+        study_attributes=level_json(metadata, STUDY_TAGS),
+        series_attributes=level_json(metadata, SERIES_TAGS),
+        instance_attributes=level_json(metadata, INSTANCE_TAGS),
+    )
+
+
+def index_entries(
+    described: DescribedInstance, key: InstanceKey, path: str, size: int, etag: str, *, new: bool
+) -> tuple[InstanceRecord, LevelUpdate]:
+    """The instance entity's record and the series/study change of a file at ``path`` (``new``: it counts)."""
+    parsed = described.parsed
+    record = InstanceRecord(
+        key=key,
+        sop_class_uid=parsed.sop_class_uid,
+        path=path,
+        size=size,
+        etag=etag,
+        transfer_syntax=parsed.transfer_syntax,
+        number_of_frames=parsed.number_of_frames,
+        frame_ranges=parsed.frame_ranges,
+        metadata=described.metadata,
+        attributes=described.instance_attributes,
+    )
+    update = LevelUpdate(
+        partition=key.partition,
+        study=key.study,
+        series=key.series,
+        instances_added=1 if new else 0,
+        modality=str(parsed.dataset.get("Modality", "") or ""),
+        study_attributes=described.study_attributes,
+        series_attributes=described.series_attributes,
+    )
+    return record, update

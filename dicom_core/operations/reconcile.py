@@ -1,0 +1,183 @@
+"""Bring the index in line with the lake, the source of truth: one path (reconcile) or all of them (reindex).
+
+``reconcile_path`` looks at what is at a lake path now, whatever the event said
+(created or deleted events can arrive late or out of order), and converges:
+
+- a file at a contract path that the index lacks, or whose ETag differs from the
+  indexed one, is read and checked: its StudyInstanceUID, SeriesInstanceUID and
+  SOPInstanceUID must be those of its path, else it is rejected and never indexed
+  (and an entry under that path is dropped; the file itself is left alone);
+- an entry whose file is gone is dropped (through the delete journal, so counts stay exact);
+- the change feed gets the create/update/delete the index did not announce yet.
+
+Every step is idempotent and conditional (entities are created only when absent and
+counted only by their creator; the feed skips versions it announced), so reconciles
+may run concurrently with each other, with stores and with deletes. After acting, the
+file is looked at again: if it changed meanwhile, the path is reconciled again.
+Paths outside the layout (the health folder, staging, other folders) are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from azure.core.exceptions import ResourceModifiedError
+
+from dicom_core.dicom.errors import InvalidInstance
+from dicom_core.errors import NotFound
+from dicom_core.operations.delete import DeleteScope, delete, finish_all_interrupted, finish_interrupted
+from dicom_core.operations.indexing import describe_instance, index_entries, structure_limits
+from dicom_core.services import Services
+from dicom_core.storage.changefeed_store import Change
+from dicom_core.storage.lake import FileMissing, LakeFile
+from dicom_core.storage.layout import InstanceKey
+
+ADDED, REFRESHED, REMOVED, UNCHANGED, REJECTED, IGNORED = "added", "refreshed", "removed", "unchanged", "rejected", "ignored"
+_ATTEMPTS = 5
+_SPOOL_MEMORY = 1024**2
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    path: str
+    outcome: str
+    message: str = ""
+    size: int = 0
+
+
+async def reconcile_path(services: Services, path: str, *, listed: LakeFile | None = None) -> ReconcileResult:
+    """Converge the index entry of ``path`` with the file there now (``listed``: its listing, saving a read)."""
+    key = services.layout.parse_instance_path(path)
+    if key is None:
+        return ReconcileResult(path, IGNORED, "outside the contract layout")
+    await finish_interrupted(services, key.partition, key.study)
+    for _ in range(_ATTEMPTS):
+        current = listed or await _file_at(services, path)
+        listed = None
+        try:
+            result = await _converge(services, key, path, current)
+        except ResourceModifiedError:
+            continue  # the file changed while it was read
+        if _version(await _file_at(services, path)) == _version(current):
+            return result
+    raise RuntimeError(f"{path} kept changing while it was reconciled ({_ATTEMPTS} attempts)")
+
+
+def _version(file: LakeFile | str | None) -> str | None:
+    """A file's ETag without the quotes that some listings add, or None for no file."""
+    etag = file.etag if isinstance(file, LakeFile) else file
+    return etag.strip('"') if etag else None
+
+
+async def _file_at(services: Services, path: str) -> LakeFile | None:
+    try:
+        found = await services.lake.properties(path)
+    except FileMissing:
+        return None
+    return LakeFile(found.path, found.size, found.etag, found.last_modified)
+
+
+async def _converge(services: Services, key: InstanceKey, path: str, file: LakeFile | None) -> ReconcileResult:
+    entity = await services.index.get_instance(key)
+    if file is None:
+        if entity is None:
+            return ReconcileResult(path, UNCHANGED, "no file and no index entry")
+        await _drop_entry(services, key)
+        return ReconcileResult(path, REMOVED, "the file is gone: its index entry was removed")
+    if entity is not None and _version(entity["ETag"]) == _version(file):
+        await services.changefeed.append([Change(key, path, file.etag)])
+        return ReconcileResult(path, UNCHANGED, size=file.size)
+    problem, described = await _describe(services, path, file)
+    if described is not None:
+        parsed = described.parsed
+        found = (parsed.study_uid, parsed.series_uid, parsed.sop_uid)
+        if found != (key.study, key.series, key.sop):
+            problem = (
+                f"its UIDs (study {found[0]}, series {found[1]}, instance {found[2]}) are not those of its path; "
+                "move it to the path of its UIDs"
+            )
+    if problem:
+        if entity is not None:
+            await _drop_entry(services, key)
+        return ReconcileResult(path, REJECTED, problem, file.size)
+    record, update = index_entries(described, key, path, file.size, file.etag, new=True)
+    created = await services.index.put_instance(record, create=True)
+    await services.index.record_stored(update if created else replace(update, instances_added=0))
+    await services.changefeed.append([Change(key, path, file.etag)])
+    return ReconcileResult(path, ADDED if created else REFRESHED, size=file.size)
+
+
+async def _describe(services: Services, path: str, file: LakeFile):
+    """(problem, None) for a file that is not a storable instance, else (None, its description)."""
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY) as spool:
+        async for chunk in services.lake.stream(path, etag=file.etag):
+            spool.write(chunk)
+        try:
+            return None, await asyncio.to_thread(describe_instance, spool, file.size, structure_limits(services.settings.limits))
+        except InvalidInstance as invalid:
+            return f"not a storable DICOM instance: {invalid}", None
+
+
+async def _drop_entry(services: Services, key: InstanceKey) -> None:
+    with contextlib.suppress(NotFound):
+        await delete(services, DeleteScope(key.partition, key.study, key.series, key.sop), keep_files=True)
+
+
+@dataclass
+class ReindexSummary:
+    """What a reindex did, by outcome; ``rejected`` lists each rejected path and why."""
+
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys((ADDED, REFRESHED, REMOVED, UNCHANGED, IGNORED), 0))
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, result: ReconcileResult) -> None:
+        if result.outcome == REJECTED:
+            self.rejected.append((result.path, result.message))
+        else:
+            self.counts[result.outcome] += 1
+
+
+async def contract_files(services: Services, partition: str | None = None) -> list[LakeFile]:
+    """The files under the contract folders (of one partition), health files and foreign paths left out."""
+    prefix = services.layout.partition_folder(partition) if partition else services.layout.root
+    return [file async for file in services.lake.list(prefix) if services.layout.parse_instance_path(file.path)]
+
+
+async def reindex(
+    services: Services,
+    files: list[LakeFile],
+    partition: str | None = None,
+    progress: Callable[[ReconcileResult], None] | None = None,
+    concurrency: int = 8,
+) -> ReindexSummary:
+    """Reconcile every file of ``files`` (from ``contract_files``), then drop entries whose file is gone.
+
+    Idempotent, so an interrupted reindex is resumed by running it again: files whose
+    entry is current cost two point reads and are not read again.
+    """
+    summary = ReindexSummary()
+    await finish_all_interrupted(services)
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(path: str, listed: LakeFile | None) -> None:
+        async with slots:
+            try:
+                result = await reconcile_path(services, path, listed=listed)
+            except Exception as error:  # one bad file never stops a bulk import; it is reported
+                result = ReconcileResult(path, REJECTED, f"could not be reconciled: {type(error).__name__}: {error}")
+                summary.failed.append((path, result.message))
+            else:
+                summary.add(result)
+            if progress is not None:
+                progress(result)
+
+    await asyncio.gather(*(one(file.path, file) for file in files))
+    present = {file.path for file in files}
+    missing = [entity["Path"] async for entity in services.index.all_instances(partition) if entity["Path"] not in present]
+    await asyncio.gather(*(one(path, None) for path in missing))
+    return summary
