@@ -9,6 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
+from dicom_core.client import cli as upload_cli
 from dicom_core.local import azurite
 
 AZURITE_DATA = azurite.REPOSITORY_ROOT / ".azurite"
@@ -61,6 +62,47 @@ def serve(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def reindex(arguments: argparse.Namespace) -> int:
+    """Run operations.reconcile.reindex with a progress bar (files, MB/s, ETA) and print a summary."""
+    import asyncio
+
+    from tqdm import tqdm
+
+    from dicom_core.operations.reconcile import contract_files
+    from dicom_core.operations.reconcile import reindex as reindex_lake
+    from dicom_core.services import Services
+    from dicom_core.settings import Settings
+
+    async def run() -> int:
+        services = await Services.open(Settings.from_environment())
+        try:
+            files = await contract_files(services, arguments.partition)
+            total = sum(file.size for file in files)
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="reindex") as bar:
+                done = 0
+
+                def advance(result) -> None:
+                    nonlocal done
+                    done += 1
+                    bar.set_postfix_str(f"{done}/{len(files)} files", refresh=False)
+                    bar.update(result.size)
+
+                summary = await reindex_lake(services, files, arguments.partition, advance)
+        finally:
+            await services.close()
+        counts = summary.counts
+        print(
+            f"reindex: {len(files)} files; added {counts['added']}, fixed {counts['refreshed'] + counts['removed']} "
+            f"(refreshed {counts['refreshed']}, removed {counts['removed']}), unchanged {counts['unchanged']}, "
+            f"rejected {len(summary.rejected)}, failed {len(summary.failed)}"
+        )
+        for path, reason in summary.rejected:
+            print(f"  rejected {path}: {reason}")
+        return 1 if summary.failed else 0
+
+    return asyncio.run(run())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m dicom_core",
@@ -83,6 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--azurite-data", type=Path, default=AZURITE_DATA, help="folder for Azurite's data (default .azurite/)"
     )
     serve_parser.set_defaults(run=serve)
+    reindex_parser = commands.add_parser(
+        "reindex",
+        help="rebuild or repair the index from the lake (bulk import)",
+        description=(
+            "Walk the lake's contract folders and bring the index in line: index files copied in with any "
+            "storage tool, refresh changed ones, reject files whose UIDs differ from their path, drop entries "
+            "whose file is gone, and finish interrupted deletes. Idempotent: run it again to resume. "
+            "Settings come from the environment (DicomLake, DicomIndex, ...)."
+        ),
+    )
+    reindex_parser.add_argument("--partition", help="only this partition (default: all)")
+    reindex_parser.set_defaults(run=reindex)
+    upload_cli.add_parser(commands)
     return parser
 
 

@@ -6,11 +6,15 @@ register exactly these routes. Each feature module contributes its own list.
 
 from __future__ import annotations
 
-from dicom_core.http import store
+from dicom_core.http import changefeed, delete, health, search, store
 from dicom_core.http.routing import ExpandedRoute, Route
 
 FEATURE_ROUTES: list[Route] = [
     *store.ROUTES,
+    *search.ROUTES,
+    *delete.ROUTES,
+    *changefeed.ROUTES,
+    *health.ROUTES,
 ]
 
 

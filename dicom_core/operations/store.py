@@ -19,11 +19,13 @@ from typing import BinaryIO
 
 from azure.core.exceptions import AzureError, HttpResponseError
 
-from dicom_core.dicom.json_model import instance_json
-from dicom_core.dicom.levels import INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS, level_json
-from dicom_core.dicom.parse import PREAMBLE_LENGTH, InvalidInstance, ParsedInstance, parse_instance, pydicom_lock
+from dicom_core.dicom.errors import InvalidInstance
+from dicom_core.dicom.parse import PREAMBLE_LENGTH
+from dicom_core.dicom.structure import StructureLimits
 from dicom_core.errors import StorageUnavailable
+from dicom_core.operations.indexing import DescribedInstance, describe_instance, index_entries, structure_limits
 from dicom_core.services import Services
+from dicom_core.storage.changefeed_store import Change
 from dicom_core.storage.index import InstanceRecord, LevelUpdate, entity_size, instance_entity
 from dicom_core.storage.lake import InstanceExists, WrittenFile, describe_storage_error
 from dicom_core.storage.layout import InstanceKey
@@ -245,19 +247,24 @@ class _InstanceEntityBatches:
 
     async def _write(self, batch: list[tuple[InstanceOutcome, _PendingEntity, dict]]) -> None:
         index = self._services.index
+        indexed = [pending for _, pending, _ in batch]
         try:
-            await index.put_instances([entity for _, _, entity in batch])
-            self.level_updates.extend(pending.update for _, pending, _ in batch)
-            return
+            # New instances are created, not upserted: when a reconcile indexed the file first, it counted it.
+            new = {pending.record.key for pending in indexed if not pending.replaced}
+            await index.put_instances([entity for _, _, entity in batch], create=new)
+            self.level_updates.extend(pending.update for pending in indexed)
         except AzureError:
             logger.warning("an instance entity transaction failed; writing its %d entities one by one", len(batch))
-        for outcome, pending, _ in batch:
-            try:
-                await index.put_instance(pending.record)
-            except AzureError as error:
-                await self._fail(outcome, pending, error)
-            else:
-                self.level_updates.append(pending.update)
+            indexed = []
+            for outcome, pending, _ in batch:
+                try:
+                    counts = await index.put_instance(pending.record, create=not pending.replaced)
+                except AzureError as error:
+                    await self._fail(outcome, pending, error)
+                else:
+                    self.level_updates.append(pending.update if counts else replace(pending.update, instances_added=0))
+                    indexed.append(pending)
+        await _announce(self._services, [pending.record for pending in indexed])
 
     async def _fail(self, outcome: InstanceOutcome, pending: _PendingEntity, error: AzureError) -> None:
         outcome.failure_reason = PROCESSING_FAILURE
@@ -266,6 +273,19 @@ class _InstanceEntityBatches:
         if not pending.replaced:
             with contextlib.suppress(AzureError):
                 await self._services.lake.delete(pending.record.path)
+
+
+async def _announce(services: Services, records: list[InstanceRecord]) -> None:
+    """Add the change-feed entries of indexed instances (create, or update when replaced).
+
+    The instance is stored and indexed already, so a feed that cannot be written does
+    not fail it: the version stays unannounced until a reconcile of its path (the
+    blob-created event in Azure) or a reindex announces it (operations/reconcile.py).
+    """
+    try:
+        await services.changefeed.append([Change(record.key, record.path, record.etag) for record in records])
+    except (AzureError, RuntimeError) as error:
+        logger.warning("the change feed could not be written for %d instances: %s", len(records), type(error).__name__)
 
 
 async def _store_file(
@@ -281,7 +301,7 @@ async def _store_file(
             message=f"part has media type {part.media_type or '(none)'}; expected application/dicom",
         ), None
     try:
-        prepared = await asyncio.to_thread(_prepare, part)
+        prepared = await asyncio.to_thread(_prepare, part, structure_limits(services.settings.limits))
     except InvalidInstance as invalid:
         reason = CANNOT_UNDERSTAND if "Part 10" in str(invalid) or "cannot be parsed" in str(invalid) else VALIDATION_FAILED
         return InstanceOutcome(failure_reason=reason, message=str(invalid)), None
@@ -308,27 +328,7 @@ async def _store_file(
 
     outcome.replaced = replaced
     outcome.retrieve_url = f"{request.base_url}/studies/{key.study}/series/{key.series}/instances/{key.sop}"
-    record = InstanceRecord(
-        key=key,
-        sop_class_uid=parsed.sop_class_uid,
-        path=path,
-        size=part.size,
-        etag=written.etag,
-        transfer_syntax=parsed.transfer_syntax,
-        number_of_frames=parsed.number_of_frames,
-        frame_ranges=parsed.frame_ranges,
-        metadata=prepared.metadata,
-        attributes=prepared.instance_attributes,
-    )
-    update = LevelUpdate(
-        partition=request.partition,
-        study=key.study,
-        series=key.series,
-        instances_added=0 if replaced else 1,
-        modality=str(parsed.dataset.get("Modality", "") or ""),
-        study_attributes=prepared.study_attributes,
-        series_attributes=prepared.series_attributes,
-    )
+    record, update = index_entries(prepared, key, path, part.size, written.etag, new=not replaced)
     return outcome, _PendingEntity(record, update, replaced)
 
 
@@ -352,27 +352,9 @@ async def _write_file(
     return await services.lake.write(path, part.file, part.size, overwrite=True), indexed
 
 
-@dataclass
-class _Prepared:
-    parsed: ParsedInstance
-    metadata: dict
-    study_attributes: dict
-    series_attributes: dict
-    instance_attributes: dict
-
-
-def _prepare(part: ReceivedPart) -> _Prepared:
+def _prepare(part: ReceivedPart, limits: StructureLimits) -> DescribedInstance:
     """Parse and validate the part, build what the index keeps, and zero the preamble (blocking)."""
-    with pydicom_lock:
-        parsed = parse_instance(part.file, part.size)
-        metadata = instance_json(parsed.dataset, parsed.pixel_data_vr)
-    prepared = _Prepared(
-        parsed=parsed,
-        metadata=metadata,
-        study_attributes=level_json(metadata, STUDY_TAGS),
-        series_attributes=level_json(metadata, SERIES_TAGS),
-        instance_attributes=level_json(metadata, INSTANCE_TAGS),
-    )
+    prepared = describe_instance(part.file, part.size, limits)
     # The preamble can carry an executable (DICOM/PE polyglots, CVE-2019-11687): never store it.
     part.file.seek(0)
     part.file.write(bytes(PREAMBLE_LENGTH))
