@@ -1,18 +1,33 @@
 """Azure Functions entry point (Python v2 programming model).
 
-Thin by design: it binds triggers to dicom_core. Every entry of the route table
-becomes one HTTP-triggered function named after it, using the HTTP streams
-extension (azurefunctions-extensions-http-fastapi) so request and response
-bodies stream instead of being buffered and capped at ~100 MB.
+Thin by design: it binds triggers to dicom_core.
+
+- One HTTP-triggered function per entry of the route table, named after it (the
+  names Application Insights shows), using the HTTP streams extension
+  (azurefunctions-extensions-http-fastapi) so bodies stream instead of being
+  buffered and capped at ~100 MB. Function keys guard every route except the
+  public health check; App Service Authentication adds Entra ID (README, Security).
+- A timer every 30 seconds writes and reads back the health file.
+- An Event Grid-sourced blob trigger on the lake file system (connection
+  ``DicomLake``) for files created under the contract folders, and an Event Grid
+  trigger for ``Microsoft.Storage.BlobDeleted``: both reconcile the path.
 """
 
 from __future__ import annotations
 
 import azure.functions as func
+import azurefunctions.extensions.bindings.blob as blob
 from azurefunctions.extensions.http.fastapi import Request, Response
 
+from dicom_core.events import check_health, path_from_event_subject, path_in_file_system, reconcile_event
+from dicom_core.http.auth import Access
+from dicom_core.http.context import shared_services
 from dicom_core.http.errors import Handler
 from dicom_core.http.routes import route_table
+from dicom_core.storage.layout import LakeLayout
+
+HEALTH_SCHEDULE = "*/30 * * * * *"  # NCRONTAB with seconds: at :00 and :30 of every minute
+LAKE_CONNECTION = "DicomLake"
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -27,6 +42,37 @@ def _bind(name: str, endpoint: Handler):
 
 
 for _route in route_table():
+    _level = func.AuthLevel.ANONYMOUS if _route.access is Access.PUBLIC else func.AuthLevel.FUNCTION
     app.function_name(_route.name)(
-        app.route(route=_route.path.lstrip("/"), methods=list(_route.methods))(_bind(_route.name, _route.endpoint))
+        app.route(route=_route.path.lstrip("/"), methods=list(_route.methods), auth_level=_level)(
+            _bind(_route.name, _route.endpoint)
+        )
     )
+
+
+# The contract folders of the lake file system (design.md), from the app settings.
+CONTRACT_BLOB_PATH = "%DICOM_FILESYSTEM%/" + LakeLayout("%DICOM_WORKSPACE%", "%DICOM_SERVICE%").root + "{name}"
+
+
+@app.function_name("health_check_timer")
+@app.timer_trigger(schedule=HEALTH_SCHEDULE, arg_name="timer", run_on_startup=False, use_monitor=False)
+async def health_check_timer(timer: func.TimerRequest) -> None:
+    await check_health(await shared_services())
+
+
+@app.function_name("lake_blob_created")
+@app.blob_trigger(arg_name="client", path=CONTRACT_BLOB_PATH, connection=LAKE_CONNECTION, source=func.BlobSource.EVENT_GRID)
+async def lake_blob_created(client: blob.BlobClient) -> None:
+    # An SDK-type binding: the trigger hands over a client, not the file's bytes (files can be GBs).
+    services = await shared_services()
+    path = path_in_file_system(f"{client.container_name}/{client.blob_name}", services.settings.file_system)
+    await reconcile_event(services, path, "blob_created")
+
+
+@app.function_name("lake_blob_deleted")
+@app.event_grid_trigger(arg_name="event")
+async def lake_blob_deleted(event: func.EventGridEvent) -> None:
+    if event.event_type != "Microsoft.Storage.BlobDeleted":
+        return
+    services = await shared_services()
+    await reconcile_event(services, path_from_event_subject(event.subject, services.settings.file_system), "blob_deleted")
