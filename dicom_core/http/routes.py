@@ -6,12 +6,13 @@ register exactly these routes. Each feature module contributes its own list.
 
 from __future__ import annotations
 
-from dicom_core.http import changefeed, delete, health, search, store
+from dicom_core.http import changefeed, delete, health, retrieve, search, store
 from dicom_core.http.routing import ExpandedRoute, Route
 
 FEATURE_ROUTES: list[Route] = [
     *store.ROUTES,
     *search.ROUTES,
+    *retrieve.ROUTES,
     *delete.ROUTES,
     *changefeed.ROUTES,
     *health.ROUTES,

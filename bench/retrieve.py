@@ -1,0 +1,163 @@
+"""WADO-RS: instances, series, studies, series metadata and single frames; and the raw blob ceiling.
+
+Every answer is checked (status 200 and the expected number of parts or metadata
+objects), so a faster wrong answer cannot win. The instance and frame scenarios
+sample instances spread over the whole corpus; series metadata reads the big series
+(``--big-series N``), or the first series when there is none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from azure.storage.blob.aio import BlobServiceClient
+
+from bench.client import client
+from bench.corpus import Corpus, Instance, Series, Study
+from bench.process import BenchmarkError
+from bench.scenarios import Result, latency, scenario, throughput
+from dicom_core.local import azurite
+
+AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+FRAME = 'multipart/related; type="application/octet-stream"'
+SAMPLES = 100
+METADATA_SAMPLES = 20
+CEILING_CONCURRENCY = 8  # as many downloads at once as our retrieve keeps in flight
+
+
+def _instances(corpus: Corpus, count: int) -> list[tuple[Study, Series, Instance]]:
+    """``count`` instances spread evenly over the corpus."""
+    everything = [(study, series, instance) for study, series in corpus.series() for instance in series.instances]
+    step = max(len(everything) // count, 1)
+    return everything[::step][:count]
+
+
+def _series_url(base_url: str, study: Study, series: Series) -> str:
+    return f"{base_url}/studies/{study.study_instance_uid}/series/{series.series_instance_uid}"
+
+
+def _parts(response: httpx.Response, expected: int, what: str) -> None:
+    """Raise BenchmarkError unless ``response`` is a 200 multipart answer of ``expected`` parts."""
+    if response.status_code != 200:
+        raise BenchmarkError(f"{what} gave HTTP {response.status_code}: {response.text[:300]}")
+    boundary = response.headers.get("content-type", "").split("boundary=")[-1].strip('"').split(";")[0]
+    found = response.content.count(f"--{boundary}\r\n".encode())
+    if found != expected:
+        raise BenchmarkError(f"{what} answered {found} parts, expected {expected}")
+
+
+@scenario("wado-instance")
+def wado_instance(base_url: str, corpus: Corpus) -> list[Result]:
+    """WADO-RS of one instance as stored (transfer-syntax=*), 100 instances across the corpus; latency."""
+    durations = []
+    with client() as http:
+        for study, series, instance in _instances(corpus, SAMPLES):
+            url = _series_url(base_url, study, series) + f"/instances/{instance.sop_instance_uid}"
+            started = time.perf_counter()
+            response = http.get(url, headers={"Accept": AS_STORED})
+            durations.append(time.perf_counter() - started)
+            _parts(response, 1, f"instance {instance.sop_instance_uid}")
+    return [latency("WADO-RS one instance", durations)]
+
+
+@scenario("wado-series")
+def wado_series(base_url: str, corpus: Corpus) -> list[Result]:
+    """WADO-RS of every series of the corpus (not the big one) as stored; instances/s and latency per series."""
+    durations, count = [], 0
+    with client() as http:
+        started = time.perf_counter()
+        for study in corpus.studies:
+            for series in study.series:
+                before = time.perf_counter()
+                response = http.get(_series_url(base_url, study, series), headers={"Accept": AS_STORED})
+                durations.append(time.perf_counter() - before)
+                _parts(response, len(series.instances), f"series {series.series_instance_uid}")
+                count += len(series.instances)
+        elapsed = time.perf_counter() - started
+    return [throughput("WADO-RS series, instances/s", count, elapsed), latency("WADO-RS one series", durations)]
+
+
+@scenario("wado-study")
+def wado_study(base_url: str, corpus: Corpus) -> list[Result]:
+    """WADO-RS of every study of the corpus (not the big-series one) as stored; instances/s."""
+    count = 0
+    with client() as http:
+        started = time.perf_counter()
+        for study in corpus.studies:
+            response = http.get(f"{base_url}/studies/{study.study_instance_uid}", headers={"Accept": AS_STORED})
+            expected = sum(len(series.instances) for series in study.series)
+            _parts(response, expected, f"study {study.study_instance_uid}")
+            count += expected
+        elapsed = time.perf_counter() - started
+    return [throughput("WADO-RS study, instances/s", count, elapsed)]
+
+
+@scenario("series-metadata")
+def series_metadata(base_url: str, corpus: Corpus) -> list[Result]:
+    """Series metadata (application/dicom+json) of the big series, 20 times; latency."""
+    study = corpus.big_series_study or corpus.studies[0]
+    series = study.series[0]
+    url = f"{_series_url(base_url, study, series)}/metadata"
+    durations = []
+    with client() as http:
+        for _ in range(METADATA_SAMPLES):
+            started = time.perf_counter()
+            response = http.get(url, headers={"Accept": "application/dicom+json"})
+            durations.append(time.perf_counter() - started)
+            if response.status_code != 200 or len(response.json()) != len(series.instances):
+                raise BenchmarkError(f"series metadata gave HTTP {response.status_code}, not {len(series.instances)} objects")
+    return [latency(f"series metadata, {len(series.instances)} instances", durations)]
+
+
+@scenario("wado-frame")
+def wado_frame(base_url: str, corpus: Corpus) -> list[Result]:
+    """WADO-RS of frame 1 (application/octet-stream), 100 instances across the corpus; latency."""
+    durations = []
+    with client() as http:
+        for study, series, instance in _instances(corpus, SAMPLES):
+            url = _series_url(base_url, study, series) + f"/instances/{instance.sop_instance_uid}/frames/1"
+            started = time.perf_counter()
+            response = http.get(url, headers={"Accept": FRAME})
+            durations.append(time.perf_counter() - started)
+            _parts(response, 1, f"frame 1 of {instance.sop_instance_uid}")
+    return [latency("WADO-RS one frame", durations)]
+
+
+@scenario("blob-ceiling")
+def blob_ceiling(base_url: str, corpus: Corpus) -> list[Result]:
+    """Our ceiling: the corpus's series downloaded as raw blobs from an Azurite like ours, 8 at a time; instances/s."""
+    if not base_url.endswith("/v2"):
+        return []  # a property of our storage, not of Orthanc
+    files = [corpus.path(instance) for study in corpus.studies for series in study.series for instance in series.instances]
+    with tempfile.TemporaryDirectory(prefix="bench-ceiling-") as folder:
+        storage = azurite.start(Path(folder), in_memory=False, log_file=Path(folder) / "azurite.log")
+        try:
+            seconds = asyncio.run(_download_all(storage.connection_string, files))
+        finally:
+            storage.stop()
+    return [throughput("raw blob download (ceiling), instances/s", len(files), seconds)]
+
+
+async def _download_all(connection_string: str, files: list[Path]) -> float:
+    """Upload ``files`` as blobs, then time downloading them all, CEILING_CONCURRENCY at a time."""
+    async with BlobServiceClient.from_connection_string(connection_string) as service:
+        container = service.get_container_client("ceiling")
+        await container.create_container()
+        for number, path in enumerate(files):
+            await container.upload_blob(f"{number}.dcm", path.read_bytes())
+        slots = asyncio.Semaphore(CEILING_CONCURRENCY)
+
+        async def download(number: int) -> int:
+            async with slots:
+                return len(await (await container.download_blob(f"{number}.dcm")).readall())
+
+        started = time.perf_counter()
+        sizes = await asyncio.gather(*(download(number) for number in range(len(files))))
+        elapsed = time.perf_counter() - started
+    if sum(sizes) != sum(path.stat().st_size for path in files):
+        raise BenchmarkError("the ceiling download returned other bytes than were uploaded")
+    return elapsed

@@ -1,0 +1,326 @@
+"""WADO-RS behaviour against a real Azurite: levels, zip, negotiation, failures, ranges, rendering, clients."""
+
+from __future__ import annotations
+
+import io
+import secrets
+import zipfile
+
+import pydicom
+import pytest
+from dicomweb_client import DICOMwebClient
+from PIL import Image
+from pydicom.uid import generate_uid
+
+from dicom_core.http.multipart import MediaType
+from dicom_core.operations import retrieve as retrieve_operation
+from dicom_core.storage.layout import InstanceKey
+from tests.dicom_files import file_bytes, new_instance, preamble_zeroed
+from tests.retrieve_helpers import EXPLICIT_LITTLE, bulk_data_uris, instance_url, split_multipart, store, uids
+from tests.server import running_server
+
+AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+async def _series(client, count: int, **attributes) -> tuple[str, str, list[bytes]]:
+    study, series = generate_uid(), generate_uid()
+    instances = [new_instance(study=study, series=series, InstanceNumber=number + 1, **attributes) for number in range(count)]
+    await store(client, instances)
+    return study, series, instances
+
+
+async def test_study_and_series_stream_every_instance_as_stored(client):
+    study, series, instances = await _series(client, 12)
+    other = new_instance(study=study)  # a second series in the same study
+    await store(client, [other])
+    expected = {uids(data)[2]: preamble_zeroed(data) for data in [*instances, other]}
+
+    response = await client.get(f"/v2/studies/{study}", headers={"Accept": AS_STORED})
+    assert response.status_code == 200
+    bodies = [content for _, content in split_multipart(response)]
+    assert sorted(bodies) == sorted(expected.values())
+
+    response = await client.get(f"/v2/studies/{study}/series/{series}", headers={"Accept": AS_STORED})
+    assert sorted(content for _, content in split_multipart(response)) == sorted(preamble_zeroed(d) for d in instances)
+
+
+async def test_study_and_series_as_zip(client):
+    study, series, instances = await _series(client, 3)
+    response = await client.get(f"/v2/studies/{study}/series/{series}", headers={"Accept": "application/zip"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        assert archive.testzip() is None  # every CRC-32 checks
+        names = {f"{study}/{series}/{uids(data)[2]}.dcm": preamble_zeroed(data) for data in instances}
+        assert {name: archive.read(name) for name in archive.namelist()} == names
+
+
+async def test_responses_start_before_the_last_file_is_read(client, services, monkeypatch):
+    """At most RETRIEVE_CONCURRENCY files are open ahead of the part being sent."""
+    monkeypatch.setattr(retrieve_operation, "RETRIEVE_CONCURRENCY", 2)
+    study, _, instances = await _series(client, 6)
+    opened: list[str] = []
+    original = services.lake.stream
+
+    def counting(path, *arguments, **options):
+        opened.append(path)
+        return original(path, *arguments, **options)
+
+    monkeypatch.setattr(services.lake, "stream", counting)
+    parts = await retrieve_operation.retrieve_instances(services, retrieve_operation.Target("Microsoft.Default", study), "*")
+    first = await anext(parts)
+    assert len(opened) <= 3  # the part being sent and two ahead
+    bodies = [b"".join([chunk async for chunk in first.chunks])]
+    bodies += [b"".join([chunk async for chunk in part.chunks]) async for part in parts]
+    assert sorted(bodies) == sorted(preamble_zeroed(data) for data in instances) and len(opened) == len(instances)
+
+
+async def test_transfer_syntaxes_of_instances(client):
+    data = file_bytes("JPEG2000.dcm")
+    await store(client, [data])
+    url = instance_url(data)
+    for accept, syntax in [
+        ('multipart/related; type="application/dicom"', EXPLICIT_LITTLE),
+        (f"multipart/related; type=application/dicom; transfer-syntax={EXPLICIT_LITTLE}", EXPLICIT_LITTLE),
+        ("multipart/related; type=application/dicom; transfer-syntax=1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.91"),
+        ("application/dicom; transfer-syntax=*", "1.2.840.10008.1.2.4.91"),
+    ]:
+        response = await client.get(url, headers={"Accept": accept})
+        assert response.status_code == 200, (accept, response.text)
+        if accept.startswith("multipart/"):
+            media_type = split_multipart(response)[0][0]
+        else:
+            media_type = MediaType.parse(response.headers["content-type"])
+            assert response.content == preamble_zeroed(data)
+        assert media_type.parameters["transfer-syntax"] == syntax
+
+    jpeg = "multipart/related; type=application/dicom; transfer-syntax=1.2.840.10008.1.2.4.50"
+    response = await client.get(url, headers={"Accept": jpeg})
+    assert response.status_code == 406
+    assert "cannot be transcoded to 1.2.840.10008.1.2.4.50" in response.json()["message"]
+    response = await client.get(url, headers={"Accept": "application/pdf"})
+    assert response.status_code == 406
+    assert "multipart/related" in response.json()["message"]
+
+
+async def test_unknown_levels_are_404_naming_the_level(client):
+    study, series, [data] = await _series(client, 1)
+    sop = uids(data)[2]
+    unknown = generate_uid()
+    cases = {
+        f"/v2/studies/{unknown}": f"study {unknown} is not stored",
+        f"/v2/studies/{study}/series/{unknown}": f"series {unknown} is not stored in study {study}",
+        f"/v2/studies/{study}/series/{series}/instances/{unknown}": f"instance {unknown} is not stored in series {series}",
+        f"/v2/studies/{study}/series/{unknown}/instances/{sop}/metadata": f"series {unknown} is not stored",
+        f"/v2/partitions/other/studies/{study}/metadata": f"study {study} is not stored in partition other",
+        f"/v2/studies/{study}/series/{series}/instances/{sop}/frames/2": "frame 2 does not exist: instance",
+    }
+    for url, message in cases.items():
+        response = await client.get(url)
+        assert response.status_code == 404, url
+        assert message in response.json()["message"], url
+    for url in [
+        f"/v2/studies/{study}/series/{series}/instances/{sop}/frames/1,x",
+        f"/v2/studies/{study}/series/{series}/instances/{sop}/frames/0",
+    ]:
+        response = await client.get(url)
+        assert response.status_code == 400
+        assert "malformed" in response.json()["message"]
+    response = await client.get(f"/v2/studies/1..2/series/{series}")
+    assert response.status_code == 400
+
+
+async def test_file_changed_or_removed_outside_the_api_is_reported_and_flagged(client, services):
+    _, _, [changed, removed] = await _series(client, 2)
+    for data in (changed, removed):
+        assert (await client.get(instance_url(data), headers={"Accept": AS_STORED})).status_code == 200
+    blob = services.lake._container.get_blob_client
+    await blob(services.layout.instance_path(_key(changed))).upload_blob(b"rewritten", overwrite=True)
+    await services.lake.delete(services.layout.instance_path(_key(removed)))
+
+    response = await client.get(instance_url(changed), headers={"Accept": AS_STORED})
+    assert response.status_code == 409
+    assert "modified in the lake outside the API" in response.json()["message"]
+    response = await client.get(f"{instance_url(removed)}/frames/1", headers={"Accept": "multipart/related; type=*/*"})
+    assert response.status_code == 404
+    assert "removed from the lake outside the API" in response.json()["message"]
+    for data, reason in ((changed, "modified"), (removed, "removed")):
+        entity = await services.index.get_instance(_key(data))
+        assert reason in entity["ReconciliationNeeded"]
+
+
+async def test_archive_tier_says_how_to_rehydrate(client, services):
+    _, _, [data] = await _series(client, 1)
+    path = services.layout.instance_path(_key(data))
+    await services.lake._container.get_blob_client(path).set_standard_blob_tier("Archive")
+    response = await client.get(instance_url(data), headers={"Accept": AS_STORED})
+    assert response.status_code == 409
+    message = response.json()["message"]
+    assert "Archive access tier" in message and "az storage blob set-tier --tier Hot" in message and path in message
+
+
+def _key(data: bytes) -> InstanceKey:
+    study, series, sop = uids(data)
+    return InstanceKey("Microsoft.Default", study, series, sop)
+
+
+async def test_series_metadata_etag_and_304(client):
+    study, series, instances = await _series(client, 5)
+    url = f"/v2/studies/{study}/series/{series}/metadata"
+    response = await client.get(url)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/dicom+json"
+    models = response.json()
+    assert sorted(model["00080018"]["Value"][0] for model in models) == sorted(uids(data)[2] for data in instances)
+    etag = response.headers["etag"]
+    assert (await client.get(url, headers={"If-None-Match": etag})).status_code == 304
+    assert (await client.get(url, headers={"If-None-Match": f'W/{etag}, "other"'})).status_code == 304
+    await store(client, [new_instance(study=study, series=series)])
+    changed = await client.get(url, headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.headers["etag"] != etag and len(changed.json()) == 6
+    assert (await client.get(url, headers={"Accept": "application/dicom+xml"})).status_code == 406
+
+
+async def test_bulk_data_with_ranges_and_nested_paths(client):
+    data = file_bytes("CT_small.dcm")
+    await store(client, [data])
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    url = f"{instance_url(data)}/bulkdata/7FE00010"
+    whole = await client.get(url)
+    assert whole.status_code == 200 and whole.content == dataset.PixelData
+    assert whole.headers["accept-ranges"] == "bytes"
+    part = await client.get(url, headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == dataset.PixelData[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(dataset.PixelData)}"
+    tail = await client.get(url, headers={"Range": "bytes=-10"})
+    assert tail.content == dataset.PixelData[-10:]
+    beyond = await client.get(url, headers={"Range": f"bytes={len(dataset.PixelData)}-"})
+    assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{len(dataset.PixelData)}"
+    multipart = await client.get(url, headers={"Accept": 'multipart/related; type="application/octet-stream"'})
+    assert split_multipart(multipart)[0][1] == dataset.PixelData
+    assert (await client.get(f"{instance_url(data)}/bulkdata/7FE0001")).status_code == 400
+    assert (await client.get(f"{instance_url(data)}/bulkdata/00081140/0")).status_code == 404  # no such route
+    assert (await client.get(f"{instance_url(data)}/bulkdata/0008001Z")).status_code == 400
+    assert (await client.get(f"{instance_url(data)}/bulkdata/00091001")).status_code == 404
+
+    nested = file_bytes("rtdose.dcm")  # LUT-like arrays inside sequences
+    await store(client, [nested])
+    model = (await client.get(f"{instance_url(nested)}/metadata")).json()[0]
+    uris = [uri for uri in bulk_data_uris(model) if uri.count("/bulkdata/") and uri.split("/bulkdata/")[1].count("/")]
+    for uri in uris:
+        assert (await client.get(uri)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("query", "accept", "size", "image_format"),
+    [
+        ("", "image/jpeg", (128, 128), "JPEG"),
+        ("?viewport=64,32", "image/png", (32, 32), "PNG"),
+        ("?viewport=64,64,0,0,64,32&quality=50", "image/*", (64, 32), "JPEG"),
+        ("?window=40,400,linear", "*/*", (128, 128), "JPEG"),
+        ("?window=40,400,sigmoid", "image/png", (128, 128), "PNG"),
+    ],
+)
+async def test_rendered_instance_and_frame(client, query, accept, size, image_format):
+    data = file_bytes("CT_small.dcm")
+    await store(client, [data])
+    for path in ("/rendered", "/frames/1/rendered"):
+        response = await client.get(f"{instance_url(data)}{path}{query}", headers={"Accept": accept})
+        assert response.status_code == 200, response.text
+        image = Image.open(io.BytesIO(response.content))
+        assert (image.format, image.size) == (image_format, size)
+
+
+async def test_rendering_applies_the_window_and_colour(client):
+    data = file_bytes("CT_small.dcm")
+    color = file_bytes("SC_rgb_jpeg_dcmtk.dcm")
+    palette = file_bytes("OBXXXX1A.dcm")
+    await store(client, [data, color, palette])
+    narrow = await client.get(f"{instance_url(data)}/rendered?window=0,1,linear", headers={"Accept": "image/png"})
+    wide = await client.get(f"{instance_url(data)}/rendered?window=0,100000,linear", headers={"Accept": "image/png"})
+    narrow_values = set(Image.open(io.BytesIO(narrow.content)).getdata())
+    wide_values = set(Image.open(io.BytesIO(wide.content)).getdata())
+    assert narrow_values <= {0, 255} and len(wide_values) < 10  # a 1-wide window is binary; a huge one is flat
+    rgb = Image.open(io.BytesIO((await client.get(f"{instance_url(color)}/rendered", headers={"Accept": "image/png"})).content))
+    assert rgb.mode == "RGB"
+    original = pydicom.dcmread(io.BytesIO(color)).pixel_array
+    assert abs(int(rgb.getpixel((0, 0))[0]) - int(original[0, 0, 0])) <= 2
+    for query in ("?window=1", "?window=1,0", "?viewport=0,10", "?quality=101", "?window=1,2,cubic"):
+        response = await client.get(f"{instance_url(data)}/rendered{query}")
+        assert response.status_code == 400, query
+    assert (await client.get(f"{instance_url(data)}/rendered", headers={"Accept": "image/gif"})).status_code == 406
+    palette_image = await client.get(f"{instance_url(palette)}/rendered", headers={"Accept": "image/png"})
+    assert Image.open(io.BytesIO(palette_image.content)).mode in ("RGB", "L")
+
+
+async def test_thumbnails_of_study_series_and_instance(client):
+    study, series, instances = await _series(client, 3)
+    for url in (f"/v2/studies/{study}", f"/v2/studies/{study}/series/{series}", instance_url(instances[0])):
+        response = await client.get(f"{url}/thumbnail")
+        assert response.status_code == 200
+        image = Image.open(io.BytesIO(response.content))
+        assert image.format == "JPEG" and max(image.size) == 128
+    response = await client.get(f"/v2/studies/{study}/thumbnail?viewport=40,40", headers={"Accept": "image/png"})
+    assert Image.open(io.BytesIO(response.content)).size == (40, 40)
+
+
+async def test_frames_of_a_multiframe_file_are_ranged_reads(client, services, monkeypatch):
+    data = file_bytes("color3d_jpeg_baseline.dcm")  # 120 JPEG frames
+    await store(client, [data])
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    reads: list[tuple[int, int | None]] = []
+    original = services.lake.stream
+
+    def recording(path, offset=0, length=None, **options):
+        reads.append((offset, length))
+        return original(path, offset, length, **options)
+
+    monkeypatch.setattr(services.lake, "stream", recording)
+    response = await client.get(f"{instance_url(data)}/frames/60", headers={"Accept": "multipart/related; type=image/jpeg"})
+    [(media_type, content)] = split_multipart(response)
+    assert media_type.type == "image/jpeg" and media_type.parameters["transfer-syntax"] == "1.2.840.10008.1.2.4.50"
+    frames = list(pydicom.encaps.generate_frames(dataset.PixelData, number_of_frames=120))
+    assert content == frames[59]
+    assert reads and all(length is not None and length < len(data) // 50 for _, length in reads)
+    wrong = await client.get(f"{instance_url(data)}/frames/1", headers={"Accept": "multipart/related; type=image/jp2"})
+    assert wrong.status_code == 406
+    other_syntax = "multipart/related; type=application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.90"
+    assert (await client.get(f"{instance_url(data)}/frames/1", headers={"Accept": other_syntax})).status_code == 406
+
+
+async def test_metadata_too_large_for_the_index_is_read_from_the_file(client, services):
+    """Metadata over 64 KiB compressed is not kept in the index entity; retrieve builds it from the file."""
+    text = secrets.token_hex(100_000)  # 200 KB that does not compress below the limit
+    data = new_instance(TextValue=text)
+    await store(client, [data])
+    entity = await services.index.get_instance(_key(data))
+    assert not entity.get("Metadata")
+    [model] = (await client.get(f"{instance_url(data)}/metadata")).json()
+    assert model["0040A160"]["Value"] == [text]
+    assert model["7FE00010"]["BulkDataURI"] == f"http://testserver{instance_url(data)}/bulkdata/7FE00010"
+    assert model["00080018"]["Value"] == [uids(data)[2]]
+
+
+def test_dicomweb_client_retrieve_methods(settings, services, tmp_path):
+    study, series = generate_uid(), generate_uid()
+    instances = [new_instance(study=study, series=series, InstanceNumber=number + 1) for number in range(2)]
+    with running_server(settings, tmp_path / "server.log") as (url, _):
+        web = DICOMwebClient(url)
+        web.store_instances([pydicom.dcmread(io.BytesIO(data)) for data in instances])
+        sop = uids(instances[0])[2]
+        assert len(web.retrieve_study(study)) == 2
+        assert len(web.retrieve_series(study, series)) == 2
+        instance = web.retrieve_instance(study, series, sop)
+        assert instance.SOPInstanceUID == sop and instance.file_meta.TransferSyntaxUID == EXPLICIT_LITTLE
+        stored = web.retrieve_instance(study, series, sop, media_types=(("application/dicom", "*"),))
+        assert stored.PixelData == pydicom.dcmread(io.BytesIO(instances[0])).PixelData
+        assert len(web.retrieve_study_metadata(study)) == 2
+        assert len(web.retrieve_series_metadata(study, series)) == 2
+        metadata = web.retrieve_instance_metadata(study, series, sop)
+        frames = web.retrieve_instance_frames(study, series, sop, [1])
+        assert frames[0] == pydicom.dcmread(io.BytesIO(instances[0])).PixelData
+        bulk = web.retrieve_bulkdata(metadata["7FE00010"]["BulkDataURI"])
+        assert bulk[0] == frames[0]
+        rendered = web.retrieve_instance_rendered(study, series, sop, media_types=("image/png",))
+        assert Image.open(io.BytesIO(rendered)).format == "PNG"
+        assert Image.open(io.BytesIO(web.retrieve_instance_frames_rendered(study, series, sop, [1]))).format == "JPEG"
