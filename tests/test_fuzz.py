@@ -25,13 +25,12 @@ FUZZ_SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.funct
 
 @st.composite
 def mutated(draw, data: bytes) -> bytes:
-    """``data`` with a few byte flips, insertions, deletions or a truncation, mostly in the header."""
+    """``data`` with a few byte flips, insertions, deletions, a truncation or bad lengths in its first 2 KiB."""
     result = bytearray(data)
-    header_end = min(len(result), 2048)
     for _ in range(draw(st.integers(1, 6))):
         kind = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "length"]))
-        position = draw(st.integers(0, max(header_end - 1, 0)))
-        if kind == "flip":
+        position = draw(st.integers(0, max(min(len(result), 2048) - 1, 0)))
+        if kind == "flip" and result:
             result[position] = draw(st.integers(0, 255))
         elif kind == "insert":
             result[position:position] = draw(st.binary(min_size=1, max_size=16))
@@ -39,7 +38,7 @@ def mutated(draw, data: bytes) -> bytes:
             del result[position : position + draw(st.integers(1, 16))]
         elif kind == "truncate":
             del result[draw(st.integers(0, len(result))) :]
-        else:  # a huge or undefined length
+        elif kind == "length":  # a huge or undefined length
             result[position : position + 4] = draw(
                 st.sampled_from([b"\xff\xff\xff\xff", b"\xff\xff\xff\x7f", b"\x00\x00\x01\x00"])
             )

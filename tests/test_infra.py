@@ -19,7 +19,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
-INFRA_PY = os.environ.get("INFRA_PYTHON") or sys.executable
+_INFRA_VENV = ROOT / ".venv-infra" / "bin" / "python"  # made by scripts/setup.sh --infra
+INFRA_PY = os.environ.get("INFRA_PYTHON") or (str(_INFRA_VENV) if _INFRA_VENV.exists() else sys.executable)
 
 ROLE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 ROLE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"

@@ -72,7 +72,7 @@ def _dataset_json(dataset: Dataset, encoding: str | None, prefix: str) -> dict:
                 encoded = None
             if encoded is None:
                 encoded = _pydicom_json(dataset, tag, encoding, f"{prefix}/{key}")
-        except (ValueError, TypeError, struct.error, UnicodeError, KeyError, OverflowError):
+        except (ValueError, TypeError, struct.error, UnicodeError, KeyError, OverflowError, NotImplementedError):
             continue  # an invalid value is left out, as pydicom's suppress_invalid_tags does
         model[key] = encoded
     return model

@@ -87,9 +87,11 @@ def parse_instance(fp: BinaryIO, size: int, limits: StructureLimits = DEFAULT_LI
     if truncated:
         raise InvalidInstance(f"the file is truncated: {truncated[0].message}")
 
-    transfer_syntax = str(dataset.file_meta.get("TransferSyntaxUID", ""))
+    transfer_syntax = str(dataset.file_meta.get("TransferSyntaxUID", "")).strip()
     if not transfer_syntax:
         raise InvalidInstance("the file meta information has no TransferSyntaxUID (0002,0010)")
+    if uid_problem(transfer_syntax):
+        raise InvalidInstance(f"TransferSyntaxUID {transfer_syntax[:80]!r} is not a valid UID: {uid_problem(transfer_syntax)}")
     uids = {}
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         value = str(dataset.get(keyword, "") or "").strip()
@@ -146,12 +148,13 @@ def _locate_frames(
 ) -> tuple[str | None, list[list[ByteRange]] | None]:
     """The VR of the pixel data element at ``position`` and the byte ranges of each frame."""
     syntax = UID(transfer_syntax)
+    known = syntax.is_transfer_syntax  # a private syntax: read as explicit VR little endian (PS3.5 10)
     native_vr = "OW" if _bits_allocated(dataset) > 8 else "OB"
-    if syntax.is_deflated:
+    if known and syntax.is_deflated:
         # Offsets in the file do not map to the inflated data set.
         return ("OB" if syntax.is_encapsulated else native_vr), None
-    little = syntax.is_little_endian if syntax.is_transfer_syntax else True
-    implicit = syntax.is_implicit_VR if syntax.is_transfer_syntax else False
+    little = syntax.is_little_endian if known else True
+    implicit = syntax.is_implicit_VR if known else False
     fp.seek(position)
     header = fp.read(12)
     if len(header) < 8:

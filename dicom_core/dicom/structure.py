@@ -24,6 +24,10 @@ _SEQUENCE_DELIMITER = 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _PIXEL_DATA = 0x7FE00010
 _LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
+_SHORT_LENGTH_VRS = {
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT",
+    b"PN", b"SH", b"SL", b"SS", b"ST", b"SV", b"TM", b"UI", b"UL", b"US", b"UV",
+}  # fmt: skip
 _MAX_DEPTH = 32
 _INFLATE_CHUNK = 1024 * 1024
 DEFLATED_SYNTAXES = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"}
@@ -70,6 +74,8 @@ class _Scan:
         if vr in _LONG_LENGTH_VRS:
             self.read(2)
             return tag, vr, struct.unpack(endian + "L", self.read(4))[0]
+        if vr not in _SHORT_LENGTH_VRS:
+            raise InvalidInstance(f"element ({group:04X},{element:04X}) has the unknown VR {vr!r} (PS3.5 6.2)")
         return tag, vr, struct.unpack(endian + "H", self.read(2))[0]
 
     def dataset(self, end: int | None, depth: int, top_level: bool) -> None:
