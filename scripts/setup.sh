@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the project needs, idempotently: .venv from the pinned requirements,
-# Azurite from npm, and (with --infra) the infra-check tools in .venv-infra.
-# Needs Python 3.11+ and Node.js 20+ with npm; installs them with apt-get when missing and root.
+# Azurite and playwright-core from npm, the OHIF Viewer and Debian's Chromium for the browser test,
+# and (with --infra) the infra-check tools in .venv-infra.
+# Needs Python 3.11+ and Node.js 20+ with npm; installs them (and chromium) with apt-get when missing and root.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -39,8 +40,42 @@ if [[ ! -x .venv/bin/python || "$(cat .venv/.requirements 2>/dev/null)" != "$req
 fi
 
 if [[ ! -x node_modules/.bin/azurite || package-lock.json -nt node_modules/.package-lock.json ]]; then
-  echo "setup: installing Azurite from npm"
+  echo "setup: installing Azurite and playwright-core from npm"
   npm ci --no-audit --no-fund --loglevel=error
+fi
+
+# The OHIF Viewer for tests/test_ohif.py: the built viewer in the dist/ folder of the npm package pinned in
+# package.json ("ohifViewer"). Only that package's tarball is fetched (npm pack), checked against the pinned
+# integrity and unpacked into node_modules/.ohif-app: the built viewer needs none of its npm dependencies (a
+# plain `npm install @ohif/app` would pull hundreds of packages it never loads, and fails on these machines,
+# whose registry lacks @ohif/i18n@3.13.2).
+ohif_spec="$(node -p 'require("./package.json").ohifViewer.package')"
+ohif_integrity="$(node -p 'require("./package.json").ohifViewer.integrity')"
+if [[ "$(cat node_modules/.ohif-app/.integrity 2>/dev/null)" != "$ohif_integrity" ]]; then
+  echo "setup: fetching the OHIF Viewer ($ohif_spec)"
+  download="$(mktemp -d)"
+  npm pack "$ohif_spec" --pack-destination "$download" --loglevel=error >/dev/null
+  tarball=("$download"/*.tgz)
+  actual="sha512-$(python3 -c 'import base64, hashlib, sys; print(base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' "${tarball[0]}")"
+  if [[ "$actual" != "$ohif_integrity" ]]; then
+    echo "setup: $ohif_spec has integrity $actual, not the $ohif_integrity pinned in package.json" >&2
+    rm -rf "$download"
+    exit 1
+  fi
+  rm -rf node_modules/.ohif-app && mkdir -p node_modules/.ohif-app
+  tar -xzf "${tarball[0]}" -C node_modules/.ohif-app --strip-components=1
+  echo "$ohif_integrity" > node_modules/.ohif-app/.integrity
+  rm -rf "$download"
+fi
+
+# Debian's Chromium for the browser test (Playwright drives it; no browser download is possible here).
+if [[ ! -x /usr/bin/chromium ]]; then
+  if [[ $(id -u) -eq 0 ]]; then
+    echo "setup: installing Debian's chromium"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: please install Debian's chromium (/usr/bin/chromium) for the OHIF browser test" >&2
+  fi
 fi
 
 if ((want_infra)); then

@@ -1,0 +1,143 @@
+// Drive the OHIF Viewer in Debian's Chromium (headless, through playwright-core) the way a person does:
+// open the study list, find the study, open it in the Basic Viewer, and wait until the viewport shows the
+// image. Run by tests/test_ohif.py:
+//
+//   node tests/browser/ohif.mjs VIEWER_URL SERVICE_URL STUDY_DESCRIPTION ARTIFACTS_DIR
+//
+// It writes viewport.png (the viewport canvas), page.png (the whole page) and browser.log (console messages,
+// failed requests, HTTP errors) into ARTIFACTS_DIR, and prints one JSON line: {ok, step, error, stats,
+// frames (WADO-RS frame responses from the service), serviceErrors (its 4xx/5xx answers)}.
+// Every wait is on the state of the page (an element, the pixels of the canvas), never a fixed sleep.
+
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const [viewerUrl, serviceUrl, studyDescription, artifacts] = process.argv.slice(2);
+const CHROMIUM = '/usr/bin/chromium';
+// Flags that keep Chromium from reaching out to Google's hosts on a machine with a closed network.
+const FLAGS = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+const STUDY_LIST_TIMEOUT_MS = 60_000;
+const IMAGE_TIMEOUT_MS = 90_000;
+// The viewport shows the image when enough of it is bright and it is not one flat colour.
+const BRIGHT_LUMINANCE = 40;
+const MIN_BRIGHT_FRACTION = 0.2;
+const MIN_STDDEV = 20;
+
+/** Luminance statistics of a PNG (base64), computed in the page with the browser's own decoder. */
+async function pixelStats(page, pngBase64) {
+  return page.evaluate(
+    async ({ data, threshold }) => {
+      const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+      const bitmap = await createImageBitmap(new Blob([bytes], { type: 'image/png' }));
+      const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+      const context = canvas.getContext('2d');
+      context.drawImage(bitmap, 0, 0);
+      const pixels = context.getImageData(0, 0, bitmap.width, bitmap.height).data;
+      let bright = 0;
+      let sum = 0;
+      let sumOfSquares = 0;
+      const count = pixels.length / 4;
+      for (let i = 0; i < pixels.length; i += 4) {
+        const luminance = 0.299 * pixels[i] + 0.587 * pixels[i + 1] + 0.114 * pixels[i + 2];
+        if (luminance > threshold) bright += 1;
+        sum += luminance;
+        sumOfSquares += luminance * luminance;
+      }
+      const mean = sum / count;
+      return {
+        width: bitmap.width,
+        height: bitmap.height,
+        brightFraction: bright / count,
+        mean,
+        stddev: Math.sqrt(Math.max(0, sumOfSquares / count - mean * mean)),
+      };
+    },
+    { data: pngBase64, threshold: BRIGHT_LUMINANCE },
+  );
+}
+
+/** Screenshots of the viewport canvas until it shows an image; the last screenshot and its statistics. */
+async function waitForImage(page, canvas) {
+  const deadline = Date.now() + IMAGE_TIMEOUT_MS;
+  for (;;) {
+    const png = await canvas.screenshot({ path: join(artifacts, 'viewport.png') });
+    const stats = await pixelStats(page, png.toString('base64'));
+    if (stats.brightFraction >= MIN_BRIGHT_FRACTION && stats.stddev >= MIN_STDDEV) return stats;
+    if (Date.now() > deadline) {
+      throw new Error(`the viewport stayed blank for ${IMAGE_TIMEOUT_MS / 1000} s: ${JSON.stringify(stats)}`);
+    }
+    // Wait for the next frames the page paints, not for a fixed time.
+    await page.evaluate(() => new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve))));
+  }
+}
+
+async function main() {
+  const log = [];
+  const result = { ok: false, step: 'launch Chromium', error: null, stats: null, frames: 0, serviceErrors: [] };
+  const profile = mkdtempSync(join(tmpdir(), 'ohif-chromium-'));
+  let context;
+  try {
+    context = await chromium.launchPersistentContext(profile, {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: FLAGS,
+      viewport: { width: 1400, height: 900 },
+    });
+    const page = context.pages()[0] ?? (await context.newPage());
+    page.on('console', (message) => log.push(`console.${message.type()}: ${message.text()}`));
+    page.on('pageerror', (error) => log.push(`page error: ${error.message}`));
+    page.on('requestfailed', (request) => log.push(`request failed: ${request.url()} ${request.failure()?.errorText}`));
+    page.on('response', (response) => {
+      const fromService = response.url().startsWith(serviceUrl);
+      if (response.status() >= 400) {
+        log.push(`HTTP ${response.status()}: ${response.url()}`);
+        if (fromService) result.serviceErrors.push(`${response.status()} ${response.url()}`);
+      } else if (fromService && /\/frames\/\d+$/.test(new URL(response.url()).pathname)) {
+        result.frames += 1;
+      }
+    });
+    // A returning user: the first-visit tour of the viewer would cover the image.
+    await page.addInitScript(() => localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour'])));
+    try {
+      result.step = 'open the study list';
+      await page.goto(`${viewerUrl}/`, { waitUntil: 'domcontentloaded' });
+      result.step = 'find the study in the study list';
+      const row = page.locator('tr', { hasText: studyDescription });
+      await row.waitFor({ state: 'visible', timeout: STUDY_LIST_TIMEOUT_MS });
+      result.step = 'select the study';
+      await row.click();
+      result.step = 'open the study in the Basic Viewer';
+      await page.getByRole('button', { name: 'Basic Viewer' }).first().click({ timeout: STUDY_LIST_TIMEOUT_MS });
+      result.step = 'wait for the viewport canvas';
+      const canvas = page.locator('canvas.cornerstone-canvas').first();
+      await canvas.waitFor({ state: 'visible', timeout: STUDY_LIST_TIMEOUT_MS });
+      result.step = 'wait for the image in the viewport';
+      result.stats = await waitForImage(page, canvas);
+      result.ok = true;
+      result.step = 'done';
+    } catch (error) {
+      result.error = String(error?.message ?? error).split('\n')[0];
+    } finally {
+      await page.screenshot({ path: join(artifacts, 'page.png') }).catch(() => {});
+    }
+  } catch (error) {
+    result.error = String(error?.message ?? error).split('\n')[0];
+  } finally {
+    writeFileSync(join(artifacts, 'browser.log'), `${log.join('\n')}\n`);
+    if (context) await context.close();
+    rmSync(profile, { recursive: true, force: true });
+  }
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+}
+
+await main();
