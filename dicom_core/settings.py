@@ -65,6 +65,10 @@ class Limits:
     max_query_bytes: int = 8192
     # Time a request may take, body and storage included (Azure: host.json functionTimeout).
     request_timeout_seconds: int = 1800
+    # Most results one QIDO-RS request returns (larger limits are cut, with a Warning header).
+    max_search_results: int = 1000
+    # Most frames one WADO-RS frames request names.
+    max_frames_per_request: int = 1000
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str]) -> Limits:
@@ -79,6 +83,8 @@ class Limits:
             max_inflated_bytes=_int(env, "DICOM_MAX_INFLATED_BYTES", defaults.max_inflated_bytes),
             max_query_bytes=_int(env, "DICOM_MAX_QUERY_BYTES", defaults.max_query_bytes),
             request_timeout_seconds=_int(env, "DICOM_REQUEST_TIMEOUT_SECONDS", defaults.request_timeout_seconds),
+            max_search_results=_int(env, "DICOM_MAX_SEARCH_RESULTS", defaults.max_search_results),
+            max_frames_per_request=_int(env, "DICOM_MAX_FRAMES_PER_REQUEST", defaults.max_frames_per_request),
         )
 
 

@@ -48,6 +48,8 @@ def test_every_limit_is_read_from_its_setting():
         "DICOM_MAX_INFLATED_BYTES": "15",
         "DICOM_MAX_QUERY_BYTES": "16",
         "DICOM_REQUEST_TIMEOUT_SECONDS": "17",
+        "DICOM_MAX_SEARCH_RESULTS": "18",
+        "DICOM_MAX_FRAMES_PER_REQUEST": "19",
     }
     limits = Settings.from_environment(environment).limits
     assert (
@@ -59,7 +61,9 @@ def test_every_limit_is_read_from_its_setting():
         limits.max_inflated_bytes,
         limits.max_query_bytes,
         limits.request_timeout_seconds,
-    ) == (11, 12, 13, 2, 14, 15, 16, 17)
+        limits.max_search_results,
+        limits.max_frames_per_request,
+    ) == (11, 12, 13, 2, 14, 15, 16, 17, 18, 19)
     assert Limits() == Settings.from_environment({}).limits
 
 
@@ -68,3 +72,29 @@ def test_a_malformed_limit_setting_says_which():
 
     with pytest.raises(ValueError, match="DICOM_MAX_QUERY_BYTES"):
         Settings.from_environment({"DICOM_MAX_QUERY_BYTES": "lots"})
+
+
+async def test_frame_list_over_the_limit_is_a_400_naming_it(client, with_limits):
+    with_limits(max_frames_per_request=5)
+    frames = ",".join(str(n) for n in range(1, 7))
+    response = await client.get(f"/v2/studies/1.2/series/1.3/instances/1.4/frames/{frames}")
+    assert response.status_code == 400
+    assert "DICOM_MAX_FRAMES_PER_REQUEST" in response.json()["message"]
+
+
+async def test_a_frame_list_of_huge_length_is_refused_without_parsing_it(client):
+    frames = ",".join(["1"] * 30_000)  # 60 KB: httpx refuses longer URLs
+    response = await client.get(f"/v2/studies/1.2/series/1.3/instances/1.4/frames/{frames}")
+    assert response.status_code == 400
+    assert "DICOM_MAX_FRAMES_PER_REQUEST" in response.json()["message"]
+
+
+async def test_search_limit_above_the_maximum_is_cut_with_a_warning(client, with_limits):
+    with_limits(max_search_results=2)
+    for _ in range(3):
+        body, boundary = multipart([new_instance(patient_id="LIMITS")])
+        assert (await client.post("/v2/studies", content=body, headers=stow_headers(boundary))).status_code == 200
+    response = await client.get("/v2/studies?PatientID=LIMITS&limit=50")
+    assert response.status_code == 200
+    assert len(response.json()) == 2
+    assert "DICOM_MAX_SEARCH_RESULTS" in response.headers["warning"]

@@ -363,7 +363,7 @@ class SearchQuery:
     include_all: bool = False
     limit: int = DEFAULT_LIMIT
     offset: int = 0
-    limit_capped: bool = False  # the client asked for more than MAX_LIMIT
+    limit_capped: bool = False  # the client asked for more than the maximum (DICOM_MAX_SEARCH_RESULTS)
     study: str | None = None  # from the URL
     series: str | None = None
     by_level: dict[Level, tuple[Constraint, ...]] = field(default_factory=dict, compare=False)
@@ -473,7 +473,11 @@ def _number(name: str, text: str, maximum: int | None = None) -> int:
 
 
 def parse_query(
-    parameters: Sequence[tuple[str, str]], level: Level, study: str | None = None, series: str | None = None
+    parameters: Sequence[tuple[str, str]],
+    level: Level,
+    study: str | None = None,
+    series: str | None = None,
+    max_limit: int = MAX_LIMIT,
 ) -> SearchQuery:
     """The search that a QIDO-RS query string asks for (PS3.18 8.3.4); ``study``/``series`` come from the URL."""
     seen: set[str] = set()
@@ -529,9 +533,9 @@ def parse_query(
         constraints=tuple(constraints),
         returned=frozenset(returned),
         include_all=include_all,
-        limit=min(limit, MAX_LIMIT),
+        limit=min(limit, max_limit),
         offset=offset,
-        limit_capped=limit > MAX_LIMIT,
+        limit_capped=limit > max_limit,
         study=study,
         series=series,
     )

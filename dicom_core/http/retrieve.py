@@ -127,8 +127,12 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 # -- frames ------------------------------------------------------------------------------------
 
 
-def _frame_numbers(raw: str) -> list[int]:
+def _frame_numbers(raw: str, maximum: int) -> list[int]:
     """``1,3,5`` as [1, 3, 5]; anything else is a 400 (PS3.18 10.4.1.1.4)."""
+    if raw.count(",") >= maximum:
+        raise BadRequest(
+            f"the frame list names {raw.count(',') + 1} frames, more than {maximum} (setting DICOM_MAX_FRAMES_PER_REQUEST)"
+        )
     numbers = []
     for item in raw.split(","):
         item = item.strip()
@@ -165,8 +169,8 @@ def _frame_rendition(header: str | None, stored_syntax: str) -> tuple[str, str]:
 async def get_frames(request: Request) -> Response:
     """GET .../frames/{frames} (PS3.18 10.4.1.1.4): ranged reads of the lake."""
     key = _instance_key(request)
-    numbers = _frame_numbers(request.path_params["frames"])
     services = await services_for(request)
+    numbers = _frame_numbers(request.path_params["frames"], services.settings.limits.max_frames_per_request)
     instance = await find_instance(services, key)
     media_type, transfer_syntax = _frame_rendition(request.headers.get("accept"), instance.transfer_syntax)
     parts = await retrieve_frames(services, instance, numbers, transfer_syntax)
@@ -325,11 +329,11 @@ def _viewport(raw: str | None) -> Viewport | None:
 async def get_rendered(request: Request) -> Response:
     """GET .../rendered on an instance (its first frame) or on a frame (PS3.18 10.4.1.1.3)."""
     key = _instance_key(request)
-    numbers = _frame_numbers(request.path_params.get("frames", "1"))
+    services = await services_for(request)
+    numbers = _frame_numbers(request.path_params.get("frames", "1"), services.settings.limits.max_frames_per_request)
     if len(numbers) != 1:
         raise BadRequest("a rendered frame request names exactly one frame")
     options = _render_options(request)
-    services = await services_for(request)
     instance = await find_instance(services, key)
     image = await retrieve_rendered(services, instance, numbers[0], options)
     return Response(image, media_type=options.media_type)

@@ -30,7 +30,6 @@ from dicom_core.dicom.levels import INSTANCE_TAGS
 from dicom_core.dicom.query import (
     INSTANCE_AVAILABILITY,
     LEVEL_TAGS,
-    MAX_LIMIT,
     MODALITIES_IN_STUDY,
     NUMBER_OF_SERIES_RELATED_INSTANCES,
     NUMBER_OF_STUDY_RELATED_INSTANCES,
@@ -85,7 +84,8 @@ class _Row:
 async def search(services: Services, request: SearchRequest) -> SearchResult:
     """Answer one QIDO-RS request; see the module docstring."""
     try:
-        query = parse_query(request.parameters, request.level, request.study, request.series)
+        maximum = services.settings.limits.max_search_results
+        query = parse_query(request.parameters, request.level, request.study, request.series, maximum)
     except InvalidQuery as error:
         raise BadRequest(str(error)) from None
     searcher = _Search(services.index, request.partition, query)
@@ -102,7 +102,7 @@ async def search(services: Services, request: SearchRequest) -> SearchResult:
     page = rows[query.offset : query.offset + query.limit]
     warning = None
     if len(rows) > query.offset + query.limit:
-        cap = f" (at most {MAX_LIMIT} per request)" if query.limit_capped else ""
+        cap = f" (at most {query.limit} per request: DICOM_MAX_SEARCH_RESULTS)" if query.limit_capped else ""
         warning = (
             f'299 {WARNING_AGENT} "The number of results exceeded the limit{cap}. Additional results can be '
             f'requested with offset={query.offset + query.limit}."'
