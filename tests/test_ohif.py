@@ -24,10 +24,12 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy
+import pytest
 from PIL import Image
 from pydicom.uid import generate_uid
 
 from dicom_core.local.azurite import REPOSITORY_ROOT
+from dicom_core.settings import Settings
 from tests.conftest import ARTIFACTS
 from tests.dicom_files import multipart, new_instance, stow_headers
 from tests.server import running_server
@@ -37,7 +39,7 @@ DRIVER = REPOSITORY_ROOT / "tests" / "browser" / "ohif.mjs"
 CHROMIUM = Path("/usr/bin/chromium")
 SLICES = 8
 STUDY_DESCRIPTION = "OHIF browser test"
-DRIVER_TIMEOUT_SECONDS = 240
+DRIVER_TIMEOUT_SECONDS = 330  # above the sum of the driver's own step timeouts
 # What a viewport showing the CT image looks like in the screenshot (same measures as the driver's).
 BRIGHT_LUMINANCE = 40
 MIN_BRIGHT_FRACTION = 0.2
@@ -156,7 +158,8 @@ def screenshot_stats(path: Path) -> tuple[float, float]:
     return float((luminance > BRIGHT_LUMINANCE).mean()), float(luminance.std())
 
 
-def test_ohif_viewer_shows_a_stored_ct_study(settings, tmp_path):
+def test_ohif_viewer_shows_a_stored_ct_study(settings: Settings, tmp_path: Path) -> None:
+    """Study list, study, Basic Viewer: the viewport shows the CT image fetched from the service."""
     assert CHROMIUM.exists(), f"{CHROMIUM} is missing: run `bash scripts/setup.sh` as root (it installs Debian's chromium)"
     assert (VIEWER_DIST / "index.html").exists(), f"{VIEWER_DIST} is missing: run `bash scripts/setup.sh` (it fetches @ohif/app)"
     node = shutil.which("node")
@@ -172,13 +175,16 @@ def test_ohif_viewer_shows_a_stored_ct_study(settings, tmp_path):
     ):
         viewer.app_config = app_config(url).encode()
         store_ct_series(url)
-        completed = subprocess.run(
-            [node, str(DRIVER), origin, url, STUDY_DESCRIPTION, str(artifacts)],
-            cwd=REPOSITORY_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=DRIVER_TIMEOUT_SECONDS,
-        )
+        try:
+            completed = subprocess.run(
+                [node, str(DRIVER), origin, url, STUDY_DESCRIPTION, str(artifacts)],
+                cwd=REPOSITORY_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=DRIVER_TIMEOUT_SECONDS,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the browser driver did not finish within {DRIVER_TIMEOUT_SECONDS} s: see {artifacts}")
     shutil.copy(tmp_path / "server.log", artifacts / "server.log")
     lines = completed.stdout.strip().splitlines()
     assert lines, f"the browser driver printed nothing (exit {completed.returncode}): {completed.stderr[-2000:]}"

@@ -26,8 +26,8 @@ const FLAGS = [
   '--disable-component-update',
   '--disable-sync',
 ];
-const STUDY_LIST_TIMEOUT_MS = 60_000;
-const IMAGE_TIMEOUT_MS = 90_000;
+const STEP_TIMEOUT_MS = 45_000;
+const IMAGE_TIMEOUT_MS = 60_000;
 // The viewport shows the image when enough of it is bright and it is not one flat colour.
 const BRIGHT_LUMINANCE = 40;
 const MIN_BRIGHT_FRACTION = 0.2;
@@ -110,17 +110,17 @@ async function main() {
     await page.addInitScript(() => localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour'])));
     try {
       result.step = 'open the study list';
-      await page.goto(`${viewerUrl}/`, { waitUntil: 'domcontentloaded' });
+      await page.goto(`${viewerUrl}/`, { waitUntil: 'domcontentloaded', timeout: STEP_TIMEOUT_MS });
       result.step = 'find the study in the study list';
       const row = page.locator('tr', { hasText: studyDescription });
-      await row.waitFor({ state: 'visible', timeout: STUDY_LIST_TIMEOUT_MS });
+      await row.waitFor({ state: 'visible', timeout: STEP_TIMEOUT_MS });
       result.step = 'select the study';
-      await row.click();
+      await row.click({ timeout: STEP_TIMEOUT_MS });
       result.step = 'open the study in the Basic Viewer';
-      await page.getByRole('button', { name: 'Basic Viewer' }).first().click({ timeout: STUDY_LIST_TIMEOUT_MS });
+      await page.getByRole('button', { name: 'Basic Viewer' }).first().click({ timeout: STEP_TIMEOUT_MS });
       result.step = 'wait for the viewport canvas';
       const canvas = page.locator('canvas.cornerstone-canvas').first();
-      await canvas.waitFor({ state: 'visible', timeout: STUDY_LIST_TIMEOUT_MS });
+      await canvas.waitFor({ state: 'visible', timeout: STEP_TIMEOUT_MS });
       result.step = 'wait for the image in the viewport';
       result.stats = await waitForImage(page, canvas);
       result.ok = true;
