@@ -53,15 +53,7 @@ def _parts(response: httpx.Response, expected: int, what: str) -> None:
 @scenario("wado-instance")
 def wado_instance(base_url: str, corpus: Corpus) -> list[Result]:
     """WADO-RS of one instance as stored (transfer-syntax=*), 100 instances across the corpus; latency."""
-    durations = []
-    with client() as http:
-        for study, series, instance in _instances(corpus, SAMPLES):
-            url = _series_url(base_url, study, series) + f"/instances/{instance.sop_instance_uid}"
-            started = time.perf_counter()
-            response = http.get(url, headers={"Accept": AS_STORED})
-            durations.append(time.perf_counter() - started)
-            _parts(response, 1, f"instance {instance.sop_instance_uid}")
-    return [latency("WADO-RS one instance", durations)]
+    return [_one_part_latency(base_url, corpus, "", AS_STORED, "WADO-RS one instance")]
 
 
 @scenario("wado-series")
@@ -116,15 +108,20 @@ def series_metadata(base_url: str, corpus: Corpus) -> list[Result]:
 @scenario("wado-frame")
 def wado_frame(base_url: str, corpus: Corpus) -> list[Result]:
     """WADO-RS of frame 1 (application/octet-stream), 100 instances across the corpus; latency."""
+    return [_one_part_latency(base_url, corpus, "/frames/1", FRAME, "WADO-RS one frame")]
+
+
+def _one_part_latency(base_url: str, corpus: Corpus, suffix: str, accept: str, name: str) -> Result:
+    """The latency of a one-part answer for ``{instance URL}{suffix}``, over SAMPLES instances."""
     durations = []
     with client() as http:
         for study, series, instance in _instances(corpus, SAMPLES):
-            url = _series_url(base_url, study, series) + f"/instances/{instance.sop_instance_uid}/frames/1"
+            url = _series_url(base_url, study, series) + f"/instances/{instance.sop_instance_uid}{suffix}"
             started = time.perf_counter()
-            response = http.get(url, headers={"Accept": FRAME})
+            response = http.get(url, headers={"Accept": accept})
             durations.append(time.perf_counter() - started)
-            _parts(response, 1, f"frame 1 of {instance.sop_instance_uid}")
-    return [latency("WADO-RS one frame", durations)]
+            _parts(response, 1, f"{url} ")
+    return latency(name, durations)
 
 
 @scenario("blob-ceiling")

@@ -6,12 +6,16 @@ import io
 import uuid
 from functools import cache
 from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
+from pydicom import config
 from pydicom.data import get_testdata_file
 from pydicom.data.data_manager import get_testdata_files
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from dicom_core.dicom.json_model import BULK_DATA_THRESHOLD
 
 REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 # pydicom's test files cut short on purpose; pydicom itself reads some of them without a word.
@@ -149,3 +153,35 @@ def stow_headers(boundary: str, quoted: bool = True) -> dict[str, str]:
 
 def preamble_zeroed(data: bytes) -> bytes:
     return bytes(128) + data[128:]
+
+
+def _name_bulk_data(model: dict, prefix: str) -> None:
+    for tag, attribute in model.items():
+        if "BulkDataURI" in attribute:
+            attribute["BulkDataURI"] = f"{prefix}/{tag}"
+        elif attribute.get("vr") == "SQ":
+            for number, item in enumerate(attribute.get("Value", [])):
+                _name_bulk_data(item, f"{prefix}/{tag}/{number}")
+
+
+def pydicom_json(source: Path | BinaryIO) -> dict:
+    """pydicom's DICOM JSON, element by element, bulk data named the way the service names it.
+
+    Without value validation a sequence holding one invalid UI is kept whole, as the service
+    keeps it (pydicom's suppress_invalid_tags would drop the whole sequence); values that cannot
+    be converted at all (IS '1A' in badVR.dcm) are left out by both.
+    """
+    dataset = pydicom.dcmread(source, stop_before_pixels=True)
+    model = {}
+    with config.disable_value_validation():
+        for tag in dataset.keys():  # noqa: SIM118 - iterating a Dataset yields elements, not tags
+            if tag.element == 0:
+                continue
+            try:
+                model[f"{tag:08X}"] = dataset[tag].to_json_dict(
+                    bulk_data_element_handler=lambda element: "", bulk_data_threshold=BULK_DATA_THRESHOLD
+                )
+            except ValueError:
+                continue
+    _name_bulk_data(model, "bulkdata")
+    return model

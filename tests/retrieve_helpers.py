@@ -7,12 +7,10 @@ from pathlib import Path
 
 import httpx
 import pydicom
-from pydicom import config
 from pydicom.encaps import generate_frames
 
-from dicom_core.dicom.json_model import BULK_DATA_THRESHOLD
 from dicom_core.http.multipart import MediaType
-from tests.dicom_files import multipart, stow_headers
+from tests.dicom_files import multipart, pydicom_json, stow_headers
 
 EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
 
@@ -82,20 +80,8 @@ def stored_frames(dataset: pydicom.Dataset) -> list[bytes]:
 
 
 def reference_json(data: bytes) -> dict:
-    """pydicom's DICOM JSON of the data set (no pixel data), bulk data as a placeholder."""
-    dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    model = {}
-    with config.disable_value_validation():
-        for tag in dataset.keys():  # noqa: SIM118 - iterating a Dataset yields elements, not tags
-            if tag.element == 0:
-                continue
-            try:
-                model[f"{tag:08X}"] = dataset[tag].to_json_dict(
-                    bulk_data_element_handler=lambda element: "bulk", bulk_data_threshold=BULK_DATA_THRESHOLD
-                )
-            except ValueError:
-                continue
-    return model
+    """pydicom's DICOM JSON of the data set (no pixel data)."""
+    return pydicom_json(io.BytesIO(data))
 
 
 def bulk_data_uris(model: dict) -> list[str]:

@@ -14,7 +14,7 @@ from pydicom.uid import generate_uid
 
 from dicom_core.http.multipart import MediaType
 from dicom_core.operations import retrieve as retrieve_operation
-from dicom_core.storage.layout import InstanceKey
+from dicom_core.storage.layout import InstanceKey, Scope
 from tests.dicom_files import file_bytes, new_instance, preamble_zeroed
 from tests.retrieve_helpers import EXPLICIT_LITTLE, bulk_data_uris, instance_url, split_multipart, store, uids
 from tests.server import running_server
@@ -67,7 +67,7 @@ async def test_responses_start_before_the_last_file_is_read(client, services, mo
         return original(path, *arguments, **options)
 
     monkeypatch.setattr(services.lake, "stream", counting)
-    parts = await retrieve_operation.retrieve_instances(services, retrieve_operation.Target("Microsoft.Default", study), "*")
+    parts = await retrieve_operation.retrieve_instances(services, Scope("Microsoft.Default", study), "*")
     first = await anext(parts)
     assert len(opened) <= 3  # the part being sent and two ahead
     bodies = [b"".join([chunk async for chunk in first.chunks])]

@@ -15,6 +15,7 @@ from dicom_core.dicom.uids import is_valid_partition, uid_problem
 from dicom_core.errors import BadRequest
 from dicom_core.services import Services
 from dicom_core.settings import DEFAULT_PARTITION, Settings
+from dicom_core.storage.layout import Scope
 
 _LOOPBACK_NAMES = {"127.0.0.1", "localhost", "[::1]"}
 _shared: Services | None = None
@@ -53,6 +54,17 @@ def uid_param(request: Request, name: str, label: str) -> str:
     if problem:
         raise BadRequest(f"{label} {value[:80]!r} in the URL is not a valid UID: {problem}")
     return value
+
+
+def scope_of(request: Request) -> Scope:
+    """The study, series or instance the URL names, each UID validated."""
+    params = request.path_params
+    return Scope(
+        partition_of(request),
+        uid_param(request, "study", "StudyInstanceUID"),
+        uid_param(request, "series", "SeriesInstanceUID") if "series" in params else None,
+        uid_param(request, "instance", "SOPInstanceUID") if "instance" in params else None,
+    )
 
 
 def base_url(request: Request) -> str:

@@ -8,20 +8,13 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dicom_core.http.context import partition_of, services_for, uid_param
+from dicom_core.http.context import scope_of, services_for
 from dicom_core.http.routing import Route
-from dicom_core.operations.delete import DeleteScope, delete
+from dicom_core.operations.delete import delete
 
 
 async def delete_resource(request: Request) -> Response:
-    params = request.path_params
-    scope = DeleteScope(
-        partition=partition_of(request),
-        study=uid_param(request, "study", "StudyInstanceUID"),
-        series=uid_param(request, "series", "SeriesInstanceUID") if "series" in params else None,
-        sop=uid_param(request, "instance", "SOPInstanceUID") if "instance" in params else None,
-    )
-    await delete(await services_for(request), scope)
+    await delete(await services_for(request), scope_of(request))
     return Response(status_code=204)
 
 

@@ -15,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 from dicom_core.dicom.frames import EXPLICIT_VR_LITTLE_ENDIAN, NATIVE_MEDIA_TYPE, SYNTAXES_BY_MEDIA_TYPE, media_type_of
 from dicom_core.dicom.rendering import DEFAULT_QUALITY, RENDERED_MEDIA_TYPES, WINDOW_FUNCTIONS, RenderOptions, Viewport, Window
 from dicom_core.errors import BadRequest, NotAcceptable
-from dicom_core.http.context import base_url, partition_of, services_for, uid_param
+from dicom_core.http.context import base_url, scope_of, services_for
 from dicom_core.http.multipart_response import multipart_response, zip_response
 from dicom_core.http.negotiation import AcceptedType, choose, parse_accept
 from dicom_core.http.routing import Route
@@ -23,7 +23,6 @@ from dicom_core.operations.retrieve import (
     AS_STORED,
     DICOM,
     Part,
-    Target,
     find_instance,
     retrieve_bulk_data,
     retrieve_frames,
@@ -41,18 +40,8 @@ _WILDCARDS = ("*/*", "*", "multipart/*")
 _BULK_DATA_DEPTH = 3  # sequence levels a bulk data path may go through: bulkdata/sq/item/sq/item/sq/item/tag
 
 
-def _target(request: Request) -> Target:
-    params = request.path_params
-    return Target(
-        partition_of(request),
-        uid_param(request, "study", "StudyInstanceUID"),
-        uid_param(request, "series", "SeriesInstanceUID") if "series" in params else None,
-        uid_param(request, "instance", "SOPInstanceUID") if "instance" in params else None,
-    )
-
-
 def _instance_key(request: Request) -> InstanceKey:
-    target = _target(request)
+    target = scope_of(request)
     return InstanceKey(target.partition, target.study, target.series or "", target.sop or "")
 
 
@@ -86,7 +75,7 @@ def _instance_rendition(header: str | None, zip_allowed: bool, single_allowed: b
 
 async def get_instances(request: Request) -> Response:
     """GET a study, series or instance (PS3.18 10.4.1.1.1)."""
-    target = _target(request)
+    target = scope_of(request)
     is_instance = target.sop is not None
     media_type, transfer_syntax = _instance_rendition(request.headers.get("accept"), not is_instance, is_instance)
     services = await services_for(request)
@@ -105,7 +94,7 @@ async def get_instances(request: Request) -> Response:
 
 async def get_metadata(request: Request) -> Response:
     """GET .../metadata: DICOM JSON with BulkDataURIs, ETag and If-None-Match (PS3.18 10.4.1.1.2, Annex F)."""
-    target = _target(request)
+    target = scope_of(request)
     media_type = choose(request.headers.get("accept"), [DICOM_JSON, "application/json"])
     services = await services_for(request)
     metadata = await retrieve_metadata(services, target, base_url(request))
@@ -341,7 +330,7 @@ async def get_rendered(request: Request) -> Response:
 
 async def get_thumbnail(request: Request) -> Response:
     """GET .../thumbnail on a study, series or instance: a small rendering of a representative image."""
-    target = _target(request)
+    target = scope_of(request)
     options = _render_options(request)
     services = await services_for(request)
     return Response(await retrieve_thumbnail(services, target, options), media_type=options.media_type)

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from dicom_core.errors import NotFound
@@ -35,7 +34,7 @@ from dicom_core.services import Services
 from dicom_core.storage.changefeed_store import Change
 from dicom_core.storage.delete_journal import JournalRow
 from dicom_core.storage.lake import FileMissing
-from dicom_core.storage.layout import InstanceKey
+from dicom_core.storage.layout import InstanceKey, Scope
 
 # A journal row older than this belongs to a delete that was interrupted (a running
 # delete takes seconds); younger rows are left to the delete that is running.
@@ -43,24 +42,7 @@ INTERRUPTED_AFTER = timedelta(seconds=60)
 _FILE_CONCURRENCY = 16
 
 
-@dataclass(frozen=True)
-class DeleteScope:
-    """A study, a series of it (``series``) or one instance (``series`` and ``sop``)."""
-
-    partition: str
-    study: str
-    series: str | None = None
-    sop: str | None = None
-
-    def describe(self) -> str:
-        if self.sop:
-            return f"instance {self.sop} of series {self.series} of study {self.study}"
-        if self.series:
-            return f"series {self.series} of study {self.study}"
-        return f"study {self.study}"
-
-
-async def delete(services: Services, scope: DeleteScope, *, keep_files: bool = False) -> int:
+async def delete(services: Services, scope: Scope, *, keep_files: bool = False) -> int:
     """Delete everything in ``scope``; the number of instances removed. NotFound when there is nothing.
 
     ``keep_files`` removes only the index entries (reconcile: a file at a contract path
@@ -94,7 +76,7 @@ async def finish_all_interrupted(services: Services) -> int:
     return len(rows)
 
 
-async def _instances_in(services: Services, scope: DeleteScope) -> dict[InstanceKey, tuple[str, bool]]:
+async def _instances_in(services: Services, scope: Scope) -> dict[InstanceKey, tuple[str, bool]]:
     """The instances of ``scope``: (lake path, indexed) of every index entry and every file at a contract path."""
     found: dict[InstanceKey, tuple[str, bool]] = {}
     if scope.sop:

@@ -29,12 +29,12 @@ from azure.core.exceptions import ResourceModifiedError
 
 from dicom_core.dicom.errors import InvalidInstance
 from dicom_core.errors import NotFound
-from dicom_core.operations.delete import DeleteScope, delete, finish_all_interrupted, finish_interrupted
+from dicom_core.operations.delete import delete, finish_all_interrupted, finish_interrupted
 from dicom_core.operations.indexing import describe_instance, index_entries, structure_limits
 from dicom_core.services import Services
 from dicom_core.storage.changefeed_store import Change
 from dicom_core.storage.lake import FileMissing, LakeFile
-from dicom_core.storage.layout import InstanceKey
+from dicom_core.storage.layout import InstanceKey, Scope
 
 ADDED, REFRESHED, REMOVED, UNCHANGED, REJECTED, IGNORED = "added", "refreshed", "removed", "unchanged", "rejected", "ignored"
 _ATTEMPTS = 5
@@ -124,7 +124,7 @@ async def _describe(services: Services, path: str, file: LakeFile):
 
 async def _drop_entry(services: Services, key: InstanceKey) -> None:
     with contextlib.suppress(NotFound):
-        await delete(services, DeleteScope(key.partition, key.study, key.series, key.sop), keep_files=True)
+        await delete(services, Scope(key.partition, key.study, key.series, key.sop), keep_files=True)
 
 
 @dataclass

@@ -54,7 +54,7 @@ from dicom_core.services import Services
 from dicom_core.settings import DEFAULT_PARTITION
 from dicom_core.storage.index import decode_frame_ranges
 from dicom_core.storage.lake import FileMissing
-from dicom_core.storage.layout import InstanceKey
+from dicom_core.storage.layout import InstanceKey, Scope
 from dicom_core.storage.reconciliation import FILE_CHANGED, FILE_REMOVED, flag_for_reconciliation
 
 RETRIEVE_CONCURRENCY = 8
@@ -68,16 +68,6 @@ _JSON_BATCH = 64 * 1024
 PIXEL_DATA_KEY = "7FE00010"
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-@dataclass(frozen=True)
-class Target:
-    """What a request names: a study, a series of it, or an instance of that series."""
-
-    partition: str
-    study: str
-    series: str | None = None
-    sop: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,11 +140,11 @@ async def find_instance(services: Services, key: InstanceKey) -> StoredInstance:
     """The instance ``key``; NotFound names the level (study, series, instance) that is missing."""
     entity = await services.index.get_instance(key)
     if entity is None:
-        raise await _missing(services, Target(key.partition, key.study, key.series, key.sop))
+        raise await _missing(services, Scope(key.partition, key.study, key.series, key.sop))
     return StoredInstance.from_entity(entity)
 
 
-async def find_instances(services: Services, target: Target) -> list[StoredInstance]:
+async def find_instances(services: Services, target: Scope) -> list[StoredInstance]:
     """The instances of a study, series or instance, in index order (by series, then SOP Instance UID)."""
     if target.sop is not None and target.series is not None:
         return [await find_instance(services, InstanceKey(target.partition, target.study, target.series, target.sop))]
@@ -167,7 +157,7 @@ async def find_instances(services: Services, target: Target) -> list[StoredInsta
     return instances
 
 
-async def _entities(services: Services, target: Target) -> list[dict]:
+async def _entities(services: Services, target: Scope) -> list[dict]:
     """The index entities (with metadata) of a study, series or instance."""
     if target.sop is not None and target.series is not None:
         entity = await services.index.get_instance(InstanceKey(target.partition, target.study, target.series, target.sop))
@@ -179,7 +169,7 @@ async def _entities(services: Services, target: Target) -> list[dict]:
     return entities
 
 
-async def _missing(services: Services, target: Target) -> NotFound:
+async def _missing(services: Services, target: Scope) -> NotFound:
     """A 404 that says which level of ``target`` is not stored."""
     where = "" if target.partition == DEFAULT_PARTITION else f" in partition {target.partition}"
     if await services.index.get_study(target.partition, target.study) is None:
@@ -212,7 +202,7 @@ def check_transfer_syntax(instances: list[StoredInstance], transfer_syntax: str)
             )
 
 
-async def retrieve_instances(services: Services, target: Target, transfer_syntax: str) -> AsyncIterator[Part]:
+async def retrieve_instances(services: Services, target: Scope, transfer_syntax: str) -> AsyncIterator[Part]:
     """The instances of ``target`` as Part 10 files in ``transfer_syntax`` (``*``: as stored), in order.
 
     The first file is opened before this returns, so that a failure to read it
@@ -241,7 +231,7 @@ async def _open_instance(services: Services, instance: StoredInstance, transfer_
 # -- metadata ----------------------------------------------------------------------------------
 
 
-async def retrieve_metadata(services: Services, target: Target, base_url: str) -> Metadata:
+async def retrieve_metadata(services: Services, target: Scope, base_url: str) -> Metadata:
     """The DICOM JSON (PS3.18 Annex F) of the instances of ``target``, with absolute BulkDataURIs.
 
     One index read answers it. The ETag is a digest of the index entries (each
@@ -445,7 +435,7 @@ async def retrieve_rendered(services: Services, instance: StoredInstance, frame_
         ) from error
 
 
-async def retrieve_thumbnail(services: Services, target: Target, options: RenderOptions) -> bytes:
+async def retrieve_thumbnail(services: Services, target: Scope, options: RenderOptions) -> bytes:
     """A small rendering of the middle frame of the middle image (by InstanceNumber) of ``target``."""
     images = [instance for instance in await find_instances(services, target) if instance.has_image]
     if not images:

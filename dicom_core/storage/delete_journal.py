@@ -26,7 +26,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableTransactionError
 from azure.data.tables.aio import TableClient, TableServiceClient
 
-from dicom_core.storage.index import instance_row_key, study_partition_key
+from dicom_core.storage.index import instance_key_columns, instance_row_key, study_partition_key
 from dicom_core.storage.layout import InstanceKey
 
 _TRANSACTION = 100
@@ -91,12 +91,7 @@ class DeleteJournal:
 def _entity(row: JournalRow) -> dict:
     key = row.key
     return {
-        "PartitionKey": study_partition_key(key.partition, key.study),
-        "RowKey": instance_row_key(key.series, key.sop),
-        "PartitionName": key.partition,
-        "StudyInstanceUID": key.study,
-        "SeriesInstanceUID": key.series,
-        "SOPInstanceUID": key.sop,
+        **instance_key_columns(key),
         "Job": row.job,
         "Indexed": row.indexed,
         "Path": row.path,

@@ -119,16 +119,23 @@ def decode_json(value: bytes | None) -> dict | None:
     return json.loads(zlib.decompress(value)) if value else None
 
 
-def instance_entity(record: InstanceRecord) -> dict[str, Any]:
-    """The instances-table entity of ``record``."""
-    key = record.key
-    entity: dict[str, Any] = {
+def instance_key_columns(key: InstanceKey) -> dict[str, str]:
+    """The keys and identifying columns of an instance's entity in the instances table (or a table keyed alike)."""
+    return {
         "PartitionKey": study_partition_key(key.partition, key.study),
         "RowKey": instance_row_key(key.series, key.sop),
         "PartitionName": key.partition,
         "StudyInstanceUID": key.study,
         "SeriesInstanceUID": key.series,
         "SOPInstanceUID": key.sop,
+    }
+
+
+def instance_entity(record: InstanceRecord) -> dict[str, Any]:
+    """The instances-table entity of ``record``."""
+    key = record.key
+    entity: dict[str, Any] = {
+        **instance_key_columns(key),
         "SOPClassUID": record.sop_class_uid,
         "Path": record.path,
         "Size": record.size,

@@ -29,6 +29,23 @@ class InstanceKey:
 
 
 @dataclass(frozen=True)
+class Scope:
+    """What a request names: a study, a series of it (``series``) or one instance (``series`` and ``sop``)."""
+
+    partition: str
+    study: str
+    series: str | None = None
+    sop: str | None = None
+
+    def describe(self) -> str:
+        if self.sop:
+            return f"instance {self.sop} of series {self.series} of study {self.study}"
+        if self.series:
+            return f"series {self.series} of study {self.study}"
+        return f"study {self.study}"
+
+
+@dataclass(frozen=True)
 class LakeLayout:
     workspace: str
     service: str
