@@ -407,3 +407,13 @@ async def test_counts_stay_exact_under_concurrent_stores_into_one_study(client, 
     assert json.loads(entity["ModalityCounts"]) == {"CT": 1, "MR": 1, "SEG": 1}
     for uid in series:
         assert (await services.index.get_series("Microsoft.Default", study, uid))["NumberOfSeriesRelatedInstances"] == 16
+
+
+async def test_lake_ranged_reads_from_any_offset(client, services):
+    data = new_instance()
+    assert (await post(client, [data])).status_code == 200
+    path = services.layout.instance_path(InstanceKey("Microsoft.Default", *uids(data)[:3]))
+    stored = preamble_zeroed(data)
+    assert await services.lake.read(path, 0, 10) == stored[:10]
+    assert await services.lake.read(path, 128, 4) == b"DICM"
+    assert b"".join([chunk async for chunk in services.lake.stream(path, 0, 300)]) == stored[:300]

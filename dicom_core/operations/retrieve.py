@@ -454,10 +454,7 @@ async def _open_file(
     services: Services, instance: StoredInstance, offset: int = 0, length: int | None = None
 ) -> AsyncIterator[bytes]:
     """The bytes of the file (or of one range of it), its first block already read and checked."""
-    # The lake adapter reads a range only from a non-zero offset; from 0 it reads on and the rest is left unread.
-    chunks = services.lake.stream(instance.path, offset, length if offset else None, etag=instance.etag)
-    if not offset and length is not None:
-        chunks = _limited(chunks, length)
+    chunks = services.lake.stream(instance.path, offset, length, etag=instance.etag)
     try:
         try:
             first = await anext(chunks, b"")
@@ -555,16 +552,6 @@ async def _prepend(first: R, rest: AsyncIterator[R]) -> AsyncIterator[R]:
     yield first
     async for item in rest:
         yield item
-
-
-async def _limited(chunks: AsyncIterator[bytes], length: int) -> AsyncIterator[bytes]:
-    """The first ``length`` bytes of ``chunks``; the rest is never requested."""
-    async for chunk in chunks:
-        if length <= 0:
-            break
-        yield chunk[:length]
-        length -= len(chunk)
-    await chunks.aclose()
 
 
 async def _single(data: bytes) -> AsyncIterator[bytes]:

@@ -148,7 +148,11 @@ class Lake:
         conditions = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
         try:
             return await self._container.get_blob_client(path).download_blob(
-                offset=offset or None, length=length, max_concurrency=_UPLOAD_CONCURRENCY, **conditions
+                # The SDK wants an offset whenever a length is given, 0 included.
+                offset=offset if offset or length is not None else None,
+                length=length,
+                max_concurrency=_UPLOAD_CONCURRENCY,
+                **conditions,
             )
         except ResourceNotFoundError:
             raise FileMissing(path) from None
