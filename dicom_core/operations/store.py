@@ -216,6 +216,7 @@ class _InstanceEntityBatches:
     def __init__(self, services: Services) -> None:
         self._services = services
         self._open: dict[str, list[tuple[InstanceOutcome, _PendingEntity, dict]]] = {}
+        self._open_bytes: dict[str, int] = defaultdict(int)
         self._flushes: list[asyncio.Task] = []
         self.level_updates: list[LevelUpdate] = []
 
@@ -226,11 +227,12 @@ class _InstanceEntityBatches:
             self._start_flush(entity["PartitionKey"])  # one entity appears once per transaction
             batch = self._open.setdefault(entity["PartitionKey"], [])
         batch.append((outcome, pending, entity))
-        size = sum(entity_size(item) for _, _, item in batch)
-        if len(batch) >= self._MAX_ENTITIES or size >= self._MAX_BYTES:
+        self._open_bytes[entity["PartitionKey"]] += entity_size(entity)
+        if len(batch) >= self._MAX_ENTITIES or self._open_bytes[entity["PartitionKey"]] >= self._MAX_BYTES:
             self._start_flush(entity["PartitionKey"])
 
     def _start_flush(self, partition_key: str) -> None:
+        self._open_bytes.pop(partition_key, None)
         batch = self._open.pop(partition_key, [])
         if batch:
             self._flushes.append(asyncio.create_task(self._write(batch)))
@@ -264,7 +266,7 @@ class _InstanceEntityBatches:
                 else:
                     self.level_updates.append(pending.update if counts else replace(pending.update, instances_added=0))
                     indexed.append(pending)
-        await _announce(self._services, [pending.record for pending in indexed])
+        await _announce(self._services, indexed)
 
     async def _fail(self, outcome: InstanceOutcome, pending: _PendingEntity, error: AzureError) -> None:
         outcome.failure_reason = PROCESSING_FAILURE
@@ -275,7 +277,7 @@ class _InstanceEntityBatches:
                 await self._services.lake.delete(pending.record.path)
 
 
-async def _announce(services: Services, records: list[InstanceRecord]) -> None:
+async def _announce(services: Services, indexed: list[_PendingEntity]) -> None:
     """Add the change-feed entries of indexed instances (create, or update when replaced).
 
     The instance is stored and indexed already, so a feed that cannot be written does
@@ -283,9 +285,10 @@ async def _announce(services: Services, records: list[InstanceRecord]) -> None:
     blob-created event in Azure) or a reindex announces it (operations/reconcile.py).
     """
     try:
-        await services.changefeed.append([Change(record.key, record.path, record.etag) for record in records])
+        changes = [Change(p.record.key, p.record.path, p.record.etag, probably_new=not p.replaced) for p in indexed]
+        await services.changefeed.append(changes)
     except (AzureError, RuntimeError) as error:
-        logger.warning("the change feed could not be written for %d instances: %s", len(records), type(error).__name__)
+        logger.warning("the change feed could not be written for %d instances: %s", len(indexed), type(error).__name__)
 
 
 async def _store_file(

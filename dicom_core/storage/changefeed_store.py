@@ -60,6 +60,10 @@ class Change:
     path: str
     file_etag: str
     deleted: bool = False
+    # The store created the instance's entity: most likely nothing was announced for it
+    # before, so its pointer is not read first (a wrong guess fails the transaction and
+    # the retry reads it).
+    probably_new: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,8 @@ class ChangeFeedStore:
         unique = list({pointer_row_key(change.key): change for change in changes}.values())
         for attempt in range(_RETRIES):
             counter, pointers = await asyncio.gather(
-                self._get(COUNTER), asyncio.gather(*(self._get(pointer_row_key(c.key)) for c in unique))
+                self._get(COUNTER),
+                asyncio.gather(*(self._pointer(change, guess=attempt == 0) for change in unique)),
             )
             last = int(counter["Last"]) if counter else 0
             now = max(datetime.now(UTC), counter["LastTime"] if counter else _EPOCH)
@@ -143,6 +148,11 @@ class ChangeFeedStore:
                 continue
             return sum(1 for operation in operations if operation[1]["RowKey"].startswith("e") and operation[0] == "create")
         raise RuntimeError(f"gave up appending to the change feed after {_RETRIES} conflicting writers")
+
+    async def _pointer(self, change: Change, *, guess: bool) -> Any:
+        if guess and change.probably_new:
+            return None
+        return await self._get(pointer_row_key(change.key))
 
     async def _get(self, row_key: str) -> Any:
         try:
