@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Install everything the project needs, idempotently: .venv from the pinned requirements,
-# Azurite and playwright-core from npm, the OHIF Viewer and Debian's Chromium for the browser test,
-# and (with --infra) the infra-check tools in .venv-infra.
+# Install everything the project needs, idempotently: .venv from the pinned requirements, Azurite and
+# playwright-core from npm, and with --test what only the test suite needs: the OHIF Viewer and Debian's
+# Chromium for the browser test, the infra-check tools in .venv-infra.
 # Needs Python 3.11+ and Node.js 20+ with npm; installs them (and chromium) with apt-get when missing and root.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-want_infra=0
+# --test: also what only the test suite needs (infra checks, the OHIF Viewer, Chromium).
+want_test_tools=0
 for argument in "$@"; do
-  [[ "$argument" == "--infra" ]] && want_infra=1
+  [[ "$argument" == "--test" ]] && want_test_tools=1
 done
 
 need_apt=()
@@ -49,36 +50,36 @@ fi
 # integrity and unpacked into node_modules/.ohif-app: the built viewer needs none of its npm dependencies (a
 # plain `npm install @ohif/app` would pull hundreds of packages it never loads, and fails on these machines,
 # whose registry lacks @ohif/i18n@3.13.2).
-ohif_spec="$(node -p 'require("./package.json").ohifViewer.package')"
-ohif_integrity="$(node -p 'require("./package.json").ohifViewer.integrity')"
-if [[ "$(cat node_modules/.ohif-app/.integrity 2>/dev/null)" != "$ohif_integrity" ]]; then
-  echo "setup: fetching the OHIF Viewer ($ohif_spec)"
-  download="$(mktemp -d)"
-  npm pack "$ohif_spec" --pack-destination "$download" --loglevel=error >/dev/null
-  tarball=("$download"/*.tgz)
-  actual="sha512-$(python3 -c 'import base64, hashlib, sys; print(base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' "${tarball[0]}")"
-  if [[ "$actual" != "$ohif_integrity" ]]; then
-    echo "setup: $ohif_spec has integrity $actual, not the $ohif_integrity pinned in package.json" >&2
+if ((want_test_tools)); then
+  ohif_spec="$(node -p 'require("./package.json").ohifViewer.package')"
+  ohif_integrity="$(node -p 'require("./package.json").ohifViewer.integrity')"
+  if [[ "$(cat node_modules/.ohif-app/.integrity 2>/dev/null)" != "$ohif_integrity" ]]; then
+    echo "setup: fetching the OHIF Viewer ($ohif_spec)"
+    download="$(mktemp -d)"
+    npm pack "$ohif_spec" --pack-destination "$download" --loglevel=error >/dev/null
+    tarball=("$download"/*.tgz)
+    actual="sha512-$(python3 -c 'import base64, hashlib, sys; print(base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' "${tarball[0]}")"
+    if [[ "$actual" != "$ohif_integrity" ]]; then
+      echo "setup: $ohif_spec has integrity $actual, not the $ohif_integrity pinned in package.json" >&2
+      rm -rf "$download"
+      exit 1
+    fi
+    rm -rf node_modules/.ohif-app && mkdir -p node_modules/.ohif-app
+    tar -xzf "${tarball[0]}" -C node_modules/.ohif-app --strip-components=1
+    echo "$ohif_integrity" > node_modules/.ohif-app/.integrity
     rm -rf "$download"
-    exit 1
   fi
-  rm -rf node_modules/.ohif-app && mkdir -p node_modules/.ohif-app
-  tar -xzf "${tarball[0]}" -C node_modules/.ohif-app --strip-components=1
-  echo "$ohif_integrity" > node_modules/.ohif-app/.integrity
-  rm -rf "$download"
-fi
 
-# Debian's Chromium for the browser test (Playwright drives it; no browser download is possible here).
-if [[ ! -x /usr/bin/chromium ]]; then
-  if [[ $(id -u) -eq 0 ]]; then
-    echo "setup: installing Debian's chromium"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  else
-    echo "setup: please install Debian's chromium (/usr/bin/chromium) for the OHIF browser test" >&2
+  # Debian's Chromium for the browser test (Playwright drives it; no browser download is possible here).
+  if [[ ! -x /usr/bin/chromium ]]; then
+    if [[ $(id -u) -eq 0 ]]; then
+      echo "setup: installing Debian's chromium"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+      echo "setup: please install Debian's chromium (/usr/bin/chromium) for the OHIF browser test" >&2
+    fi
   fi
-fi
 
-if ((want_infra)); then
   infra_stamp="$(stamp requirements-infra.txt)"
   if [[ ! -x .venv-infra/bin/python || "$(cat .venv-infra/.requirements 2>/dev/null)" != "$infra_stamp" ]]; then
     echo "setup: installing the infra checks (checkov, tree-sitter-bicep) into .venv-infra"

@@ -3,7 +3,7 @@
 # Azurite that the tests start themselves. Extra arguments go to pytest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$ROOT/scripts/setup.sh" --infra
+bash "$ROOT/scripts/setup.sh" --test
 cd "$ROOT"
 
 echo "== ruff"
