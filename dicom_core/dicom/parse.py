@@ -21,7 +21,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
-from dicom_core.dicom.errors import InvalidInstance
+from dicom_core.dicom.errors import InvalidInstance, UnreadableInstance
 from dicom_core.dicom.structure import StructureLimits, check_structure
 from dicom_core.dicom.uids import uid_problem
 
@@ -71,7 +71,7 @@ def parse_instance(fp: BinaryIO, size: int, limits: StructureLimits = DEFAULT_LI
     fp.seek(0)
     head = fp.read(PREAMBLE_LENGTH + 4)
     if len(head) < PREAMBLE_LENGTH + 4 or head[PREAMBLE_LENGTH:] != b"DICM":
-        raise InvalidInstance("not a DICOM Part 10 file: no 'DICM' prefix after the 128-byte preamble (PS3.10 7.1)")
+        raise UnreadableInstance("not a DICOM Part 10 file: no 'DICM' prefix after the 128-byte preamble (PS3.10 7.1)")
     check_structure(fp, size, limits)
     fp.seek(0)
     with pydicom_lock, warnings.catch_warnings(record=True) as caught:
@@ -79,9 +79,9 @@ def parse_instance(fp: BinaryIO, size: int, limits: StructureLimits = DEFAULT_LI
         try:
             dataset = pydicom.dcmread(fp, stop_before_pixels=True, defer_size=_DEFER_SIZE)
         except (InvalidDicomError, EOFError, ValueError, KeyError, NotImplementedError, struct.error, OverflowError) as exc:
-            raise InvalidInstance(f"the DICOM data set cannot be parsed: {exc}") from None
+            raise UnreadableInstance(f"the DICOM data set cannot be parsed: {exc}") from None
         except Exception as exc:  # pydicom raises a wide range of types on hostile input
-            raise InvalidInstance(f"the DICOM data set cannot be parsed: {type(exc).__name__}: {exc}") from None
+            raise UnreadableInstance(f"the DICOM data set cannot be parsed: {type(exc).__name__}: {exc}") from None
         stopped_at = fp.tell()
     truncated = [w for w in caught if "EOF" in str(w.message) or "end of file" in str(w.message).lower()]
     if truncated:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dicom_core.http.errors import error_response
+
 ALLOWED_HEADERS = "authorization, content-type, accept, if-none-match, range"
 EXPOSED_HEADERS = "content-type, content-length, content-location, location, warning, etag, content-range"
 MAX_AGE_SECONDS = "600"
@@ -31,11 +33,7 @@ def preflight(request: Request, origins: tuple[str, ...], methods: tuple[str, ..
     """The answer to an OPTIONS preflight: 204 with the permissions, or 403 for an origin not allowed."""
     origin = allowed_origin(request, origins)
     if origin is None:
-        return Response(
-            status_code=403,
-            content=b'{"status":403,"message":"this origin is not allowed (setting DICOM_CORS_ORIGINS)"}',
-            media_type="application/json",
-        )
+        return error_response(403, "this origin is not allowed (setting DICOM_CORS_ORIGINS)")
     return Response(
         status_code=204,
         headers={

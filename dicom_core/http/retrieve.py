@@ -7,8 +7,6 @@ best quality first, and the first one this resource can produce wins; none is a
 
 from __future__ import annotations
 
-import json
-
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -16,6 +14,7 @@ from dicom_core.dicom.frames import EXPLICIT_VR_LITTLE_ENDIAN, NATIVE_MEDIA_TYPE
 from dicom_core.dicom.rendering import DEFAULT_QUALITY, RENDERED_MEDIA_TYPES, WINDOW_FUNCTIONS, RenderOptions, Viewport, Window
 from dicom_core.errors import BadRequest, NotAcceptable
 from dicom_core.http.context import base_url, scope_of, services_for
+from dicom_core.http.errors import error_response
 from dicom_core.http.multipart_response import multipart_response, zip_response
 from dicom_core.http.negotiation import AcceptedType, choose, parse_accept
 from dicom_core.http.routing import Route
@@ -209,12 +208,9 @@ async def get_bulk_data(request: Request) -> Response:
     try:
         selected = _byte_range(request.headers.get("range"), bulk_data.size)
     except _RangeNotSatisfiable as error:
-        return Response(
-            json.dumps({"status": 416, "message": f"the range is outside the {error.size} bytes of this bulk data"}),
-            status_code=416,
-            media_type="application/json",
-            headers={"Content-Range": f"bytes */{error.size}"},
-        )
+        response = error_response(416, f"the range is outside the {error.size} bytes of this bulk data")
+        response.headers["Content-Range"] = f"bytes */{error.size}"
+        return response
     start, end = selected or (0, bulk_data.size)
     chunks = await bulk_data.open(start, end)
     status = 206 if selected else 200

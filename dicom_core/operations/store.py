@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from azure.core.exceptions import AzureError, HttpResponseError
 
-from dicom_core.dicom.errors import InvalidInstance
+from dicom_core.dicom.errors import InvalidInstance, UnreadableInstance
 from dicom_core.dicom.parse import PREAMBLE_LENGTH
 from dicom_core.dicom.structure import StructureLimits
 from dicom_core.errors import StorageUnavailable
@@ -306,7 +306,7 @@ async def _store_file(
     try:
         prepared = await asyncio.to_thread(_prepare, part, structure_limits(services.settings.limits))
     except InvalidInstance as invalid:
-        reason = CANNOT_UNDERSTAND if "Part 10" in str(invalid) or "cannot be parsed" in str(invalid) else VALIDATION_FAILED
+        reason = CANNOT_UNDERSTAND if isinstance(invalid, UnreadableInstance) else VALIDATION_FAILED
         return InstanceOutcome(failure_reason=reason, message=str(invalid)), None
     parsed = prepared.parsed
     outcome = InstanceOutcome(sop_class_uid=parsed.sop_class_uid, sop_instance_uid=parsed.sop_uid, study_uid=parsed.study_uid)
