@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -25,32 +26,47 @@ def _lake_configured() -> bool:
     return any(name == "DicomLake" or name.startswith("DicomLake__") for name in os.environ)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # uvicorn shuts down on SIGTERM and then raises the signal again for the handler that was
+    # installed before it: this one, so the process exits through ``finally`` blocks (which
+    # stop the emulator) instead of being killed by the default action.
+    raise SystemExit(128 + signum)
+
+
 def serve(arguments: argparse.Namespace) -> int:
-    """Serve the route table with uvicorn; start Azurite first when no lake is configured."""
+    """Serve the route table with uvicorn; start Azurite first when no lake is configured.
+
+    The settings are read once, here, and handed to the app: the emulator's connection
+    string goes into them directly, never through the process environment.
+    """
     import uvicorn
 
     from dicom_core.http.app import create_app
+    from dicom_core.settings import Settings
 
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    environment: dict[str, str] = dict(os.environ)
     emulator = None
-    if not _lake_configured():
-        ports = AZURITE_DEFAULT_PORTS if all(map(_port_free, AZURITE_DEFAULT_PORTS)) else (None, None, None)
-        emulator = azurite.start(
-            arguments.azurite_data,
-            blob_port=ports[0],
-            queue_port=ports[1],
-            table_port=ports[2],
-            log_file=arguments.azurite_data / "azurite.log",
-        )
-        os.environ["DICOMLAKE"] = emulator.connection_string
-        print(
-            f"Azurite started (blob port {emulator.blob_port}, table port {emulator.table_port}, "
-            f"data in {arguments.azurite_data})",
-            flush=True,
-        )
-    print(f"DICOMweb service at http://{arguments.host}:{arguments.port}/v2", flush=True)
     try:
+        if not _lake_configured():
+            ports = AZURITE_DEFAULT_PORTS if all(map(_port_free, AZURITE_DEFAULT_PORTS)) else (None, None, None)
+            emulator = azurite.start(
+                arguments.azurite_data,
+                blob_port=ports[0],
+                queue_port=ports[1],
+                table_port=ports[2],
+                log_file=arguments.azurite_data / "azurite.log",
+            )
+            environment["DicomLake"] = emulator.connection_string
+            print(
+                f"Azurite started (blob port {emulator.blob_port}, table port {emulator.table_port}, "
+                f"data in {arguments.azurite_data})",
+                flush=True,
+            )
+        settings = Settings.from_environment(environment)
+        print(f"DICOMweb service at http://{arguments.host}:{arguments.port}/v2", flush=True)
         uvicorn.run(
-            create_app(),
+            create_app(settings),
             host=arguments.host,
             port=arguments.port,
             log_level=arguments.log_level,

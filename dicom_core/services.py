@@ -12,6 +12,7 @@ from dicom_core.storage.health_store import HealthStore
 from dicom_core.storage.index import Index
 from dicom_core.storage.lake import Lake
 from dicom_core.storage.layout import LakeLayout
+from dicom_core.storage.tables import RequestStatistics
 
 
 @dataclass
@@ -23,16 +24,18 @@ class Services:
     changefeed: ChangeFeedStore
     deletes: DeleteJournal
     health: HealthStore
+    statistics: RequestStatistics
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
         """Connect to the lake and the index, creating the file system and tables when missing."""
+        statistics = RequestStatistics()
         lake = Lake(
-            connections.blob_service(settings.lake),
-            connections.datalake_service(settings.lake),
+            connections.blob_service(settings.lake, statistics),
+            connections.datalake_service(settings.lake, statistics),
             settings.file_system,
         )
-        tables = connections.table_service(settings.index)
+        tables = connections.table_service(settings.index, statistics)
         index = Index(tables, settings.table_prefix)
         services = cls(
             settings,
@@ -42,6 +45,7 @@ class Services:
             ChangeFeedStore(tables, settings.table_prefix),
             DeleteJournal(tables, settings.table_prefix),
             HealthStore(tables, settings.table_prefix),
+            statistics,
         )
         try:
             await lake.prepare()

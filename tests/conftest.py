@@ -56,8 +56,7 @@ async def services(settings: Settings):
 @pytest.fixture
 async def client(services: Services):
     """An HTTP client of the app, in process, sharing the test's services."""
-    app = create_app(services.settings)
-    app.state.services = services
+    app = create_app(services.settings, services)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
         yield http
 

@@ -116,7 +116,7 @@ async def test_concurrent_stores_on_several_hosts_give_exact_counts_and_a_gap_fr
         for host in hosts[1:]:
             await host.close()
     entity = await services.index.get_study("Microsoft.Default", study)
-    assert (entity["NumberOfStudyRelatedInstances"], entity["NumberOfStudyRelatedSeries"]) == (120, 3)
+    assert (entity.instance_count, entity.series_count) == (120, 3)
     entries = []
     while page := await feed(client, offset=len(entries), limit=200, includeMetadata="false"):
         entries += page

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pydicom
 import pytest
@@ -148,10 +147,10 @@ async def test_put_replaces_an_existing_instance_without_counting_it_twice(clien
     assert response.status_code == 200, response.text
     assert await lake_bytes(services, "Microsoft.Default", changed) == preamble_zeroed(changed)
     study_entity = await services.index.get_study("Microsoft.Default", study)
-    assert study_entity["NumberOfStudyRelatedInstances"] == 1
-    assert json.loads(study_entity["Attributes"])["00081030"]["Value"] == ["changed"]
+    assert study_entity.instance_count == 1
+    assert study_entity.attributes["00081030"]["Value"] == ["changed"]
     entity = await services.index.get_instance(InstanceKey("Microsoft.Default", study, series, sop))
-    assert entity["Size"] == len(changed)
+    assert entity.size == len(changed)
 
 
 async def test_put_stores_new_instances_too(client, services):
@@ -361,7 +360,7 @@ async def test_partitions_are_isolated(client, services):
         assert response.json()["00081190"]["Value"] == [f"http://testserver/v2/partitions/{partition}/studies/{study}"]
         assert await lake_bytes(services, partition, data) == preamble_zeroed(data)
     assert await services.index.get_study("Microsoft.Default", study) is None
-    assert (await services.index.get_study("alpha", study))["NumberOfStudyRelatedInstances"] == 1
+    assert (await services.index.get_study("alpha", study)).instance_count == 1
     default_files = [f async for f in services.lake.list(services.layout.partition_folder("Microsoft.Default"))]
     assert default_files == []
     # Storing again in one partition is a duplicate there only.
@@ -376,15 +375,14 @@ async def test_index_keeps_what_retrieve_needs(client, services):
     study, series, sop, _sop_class = uids(data)
     key = InstanceKey("Microsoft.Default", study, series, sop)
     entity = await services.index.get_instance(key)
-    from dicom_core.storage.index import decode_frame_ranges
 
-    assert entity["Path"] == services.layout.instance_path(key)
-    assert entity["Size"] == len(data)
-    assert entity["TransferSyntaxUID"] == "1.2.840.10008.1.2.4.90"
-    assert entity["NumberOfFrames"] == 10
-    assert entity["ETag"] == (await services.lake.properties(entity["Path"])).etag
-    stored = await services.lake.read(entity["Path"])
-    frames = decode_frame_ranges(entity["FrameRanges"])
+    assert entity.path == services.layout.instance_path(key)
+    assert entity.size == len(data)
+    assert entity.transfer_syntax == "1.2.840.10008.1.2.4.90"
+    assert entity.number_of_frames == 10
+    assert entity.etag == (await services.lake.properties(entity.path)).etag
+    stored = await services.lake.read(entity.path)
+    frames = entity.frame_ranges
     dataset = pydicom.dcmread(__import__("io").BytesIO(data))
     from pydicom.encaps import generate_frames
 
@@ -402,11 +400,11 @@ async def test_counts_stay_exact_under_concurrent_stores_into_one_study(client, 
     responses = await asyncio.gather(*(post(client, parts) for parts in requests))
     assert all(response.status_code == 200 for response in responses)
     entity = await services.index.get_study("Microsoft.Default", study)
-    assert entity["NumberOfStudyRelatedInstances"] == 48
-    assert entity["NumberOfStudyRelatedSeries"] == 3
-    assert json.loads(entity["ModalityCounts"]) == {"CT": 1, "MR": 1, "SEG": 1}
+    assert entity.instance_count == 48
+    assert entity.series_count == 3
+    assert dict(entity.modality_counts) == {"CT": 1, "MR": 1, "SEG": 1}
     for uid in series:
-        assert (await services.index.get_series("Microsoft.Default", study, uid))["NumberOfSeriesRelatedInstances"] == 16
+        assert (await services.index.get_series("Microsoft.Default", study, uid)).instance_count == 16
 
 
 async def test_lake_ranged_reads_from_any_offset(client, services):

@@ -9,35 +9,15 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser
 
+from dicom_core.dicom.failure_reasons import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
 from dicom_core.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from dicom_core.operations.store import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, ReceivedPart
+from dicom_core.http.media_types import DICOM, MediaType
+from dicom_core.operations.store import ReceivedPart
 from dicom_core.settings import Limits
-
-DICOM = "application/dicom"
-
-
-@dataclass(frozen=True)
-class MediaType:
-    """A parsed Content-Type: lower-case type and parameters with lower-case names."""
-
-    type: str
-    parameters: dict[str, str]
-
-    @classmethod
-    def parse(cls, header: str) -> MediaType:
-        try:
-            value, options = parse_options_header(header)
-            return cls(
-                value.decode("latin-1").strip().lower(),
-                {name.decode("latin-1").lower(): option.decode("latin-1") for name, option in options.items()},
-            )
-        except (ValueError, UnicodeError):
-            raise BadRequest(f"the Content-Type header {header[:100]!r} cannot be parsed") from None
 
 
 def check_store_media_type(content_type: str | None) -> MediaType:
@@ -116,7 +96,7 @@ class _PartCollector:
     """python-multipart callbacks that write each part to its own spool file.
 
     A callback can fire several times for one header or part when a network chunk
-    splits it (field-notes.md), so header names and values accumulate.
+    splits it (python-multipart calls them once per piece), so header names and values accumulate.
     """
 
     def __init__(self, limits: Limits) -> None:

@@ -81,18 +81,17 @@ async def _instances_in(services: Services, scope: Scope) -> dict[InstanceKey, t
     found: dict[InstanceKey, tuple[str, bool]] = {}
     if scope.sop:
         key = InstanceKey(scope.partition, scope.study, scope.series or "", scope.sop)
-        entity = await services.index.get_instance(key)
+        record = await services.index.get_instance(key)
         path = services.layout.instance_path(key)
-        if entity is not None:
-            found[key] = (entity["Path"], True)
+        if record is not None:
+            found[key] = (record.path, True)
         else:
             with contextlib.suppress(FileMissing):
                 await services.lake.properties(path)
                 found[key] = (path, False)
         return found
-    async for entity in services.index.instances_of_study(scope.partition, scope.study, scope.series):
-        key = InstanceKey(scope.partition, scope.study, entity["SeriesInstanceUID"], entity["SOPInstanceUID"])
-        found[key] = (entity["Path"], True)
+    async for record in services.index.instances_of_study(scope.partition, scope.study, scope.series, metadata=False):
+        found[record.key] = (record.path, True)
     if scope.series:
         folder = services.layout.series_folder(scope.partition, scope.study, scope.series)
     else:

@@ -33,6 +33,7 @@ from dicom_core.operations.delete import delete, finish_all_interrupted, finish_
 from dicom_core.operations.indexing import describe_instance, index_entries, structure_limits
 from dicom_core.services import Services
 from dicom_core.storage.changefeed_store import Change
+from dicom_core.storage.errors import StorageContention
 from dicom_core.storage.lake import FileMissing, LakeFile
 from dicom_core.storage.layout import InstanceKey, Scope
 
@@ -62,33 +63,30 @@ async def reconcile_path(services: Services, path: str, *, listed: LakeFile | No
             result = await _converge(services, key, path, current)
         except ResourceModifiedError:
             continue  # the file changed while it was read
-        if _version(await _file_at(services, path)) == _version(current):
+        if _etag(await _file_at(services, path)) == _etag(current):
             return result
-    raise RuntimeError(f"{path} kept changing while it was reconciled ({_ATTEMPTS} attempts)")
+    raise StorageContention(f"{path} kept changing while it was reconciled ({_ATTEMPTS} attempts)")
 
 
-def _version(file: LakeFile | str | None) -> str | None:
-    """A file's ETag without the quotes that some listings add, or None for no file."""
-    etag = file.etag if isinstance(file, LakeFile) else file
-    return etag.strip('"') if etag else None
+def _etag(file: LakeFile | None) -> str | None:
+    return file.etag if file is not None else None
 
 
 async def _file_at(services: Services, path: str) -> LakeFile | None:
     try:
-        found = await services.lake.properties(path)
+        return await services.lake.properties(path)
     except FileMissing:
         return None
-    return LakeFile(found.path, found.size, found.etag, found.last_modified)
 
 
 async def _converge(services: Services, key: InstanceKey, path: str, file: LakeFile | None) -> ReconcileResult:
-    entity = await services.index.get_instance(key)
+    record = await services.index.get_instance(key)
     if file is None:
-        if entity is None:
+        if record is None:
             return ReconcileResult(path, UNCHANGED, "no file and no index entry")
         await _drop_entry(services, key)
         return ReconcileResult(path, REMOVED, "the file is gone: its index entry was removed")
-    if entity is not None and _version(entity["ETag"]) == _version(file):
+    if record is not None and record.etag == file.etag:
         await services.changefeed.append([Change(key, path, file.etag)])
         return ReconcileResult(path, UNCHANGED, size=file.size)
     problem, described = await _describe(services, path, file)
@@ -101,7 +99,7 @@ async def _converge(services: Services, key: InstanceKey, path: str, file: LakeF
                 "move it to the path of its UIDs"
             )
     if problem:
-        if entity is not None:
+        if record is not None:
             await _drop_entry(services, key)
         return ReconcileResult(path, REJECTED, problem, file.size)
     record, update = index_entries(described, key, path, file.size, file.etag, new=True)
@@ -178,6 +176,6 @@ async def reindex(
 
     await asyncio.gather(*(one(file.path, file) for file in files))
     present = {file.path for file in files}
-    missing = [entity["Path"] async for entity in services.index.all_instances(partition) if entity["Path"] not in present]
+    missing = [record.path async for record in services.index.all_instances(partition) if record.path not in present]
     await asyncio.gather(*(one(path, None) for path in missing))
     return summary

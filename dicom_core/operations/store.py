@@ -17,29 +17,29 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
-from azure.core.exceptions import AzureError, HttpResponseError
+from azure.core.exceptions import AzureError
 
 from dicom_core.dicom.errors import InvalidInstance, UnreadableInstance
+from dicom_core.dicom.failure_reasons import (
+    CANNOT_UNDERSTAND,
+    INSTANCE_EXISTS,
+    PROCESSING_FAILURE,
+    STUDY_UID_MISMATCH,
+    VALIDATION_FAILED,
+)
 from dicom_core.dicom.parse import PREAMBLE_LENGTH
 from dicom_core.dicom.structure import StructureLimits
 from dicom_core.errors import StorageUnavailable
 from dicom_core.operations.indexing import DescribedInstance, describe_instance, index_entries, structure_limits
 from dicom_core.services import Services
 from dicom_core.storage.changefeed_store import Change
-from dicom_core.storage.index import InstanceRecord, LevelUpdate, entity_size, instance_entity
-from dicom_core.storage.lake import InstanceExists, WrittenFile, describe_storage_error
+from dicom_core.storage.errors import STORAGE_FAILURES, describe_failure
+from dicom_core.storage.index import PreparedInstance
+from dicom_core.storage.lake import InstanceExists, LakeFile
 from dicom_core.storage.layout import InstanceKey
+from dicom_core.storage.records import InstanceRecord, LevelUpdate
 
 logger = logging.getLogger(__name__)
-
-# Failure reasons (FailureReason 0008,1197), as the Azure DICOM service numbers them
-# where it defines one, PS3.4 Annex B otherwise.
-PROCESSING_FAILURE = 272  # 0x0110
-OUT_OF_RESOURCES = 42752  # 0xA700, the instance is larger than the configured maximum
-VALIDATION_FAILED = 43264  # 0xA900
-STUDY_UID_MISMATCH = 43265  # 0xA901
-CANNOT_UNDERSTAND = 49152  # 0xC000: not a DICOM Part 10 file, or not an application/dicom part
-INSTANCE_EXISTS = 45070
 
 
 @dataclass
@@ -88,7 +88,7 @@ class StoreResult:
 
     @property
     def status(self) -> int:
-        """200 all stored, 202 some stored, 409 none stored (design.md, Error model)."""
+        """200 all stored, 202 some stored, 409 none stored (PS3.18 10.5.3, docs/errors.md)."""
         if not self.failed:
             return 200
         return 202 if self.stored else 409
@@ -160,8 +160,8 @@ async def store_instances(services: Services, request: StoreRequest, parts: Asyn
     result = StoreResult(outcomes)
     try:
         await _record_levels(services, entities.level_updates)
-    except (AzureError, RuntimeError) as error:
-        raise StorageUnavailable(_storage_message("updating the study and series index entries", error)) from error
+    except STORAGE_FAILURES as error:
+        raise StorageUnavailable(describe_failure("updating the study and series index entries", error)) from error
 
     storage_failures = [o for o in outcomes if o.failure_reason == PROCESSING_FAILURE]
     if storage_failures and len(storage_failures) == len(outcomes):
@@ -215,31 +215,34 @@ class _InstanceEntityBatches:
 
     def __init__(self, services: Services) -> None:
         self._services = services
-        self._open: dict[str, list[tuple[InstanceOutcome, _PendingEntity, dict]]] = {}
-        self._open_bytes: dict[str, int] = defaultdict(int)
+        # Open batches by study: a transaction holds entities of one PartitionKey only.
+        self._open: dict[tuple[str, str], list[tuple[InstanceOutcome, _PendingEntity, PreparedInstance]]] = {}
+        self._open_bytes: dict[tuple[str, str], int] = defaultdict(int)
         self._flushes: list[asyncio.Task] = []
         self.level_updates: list[LevelUpdate] = []
 
     async def add(self, outcome: InstanceOutcome, pending: _PendingEntity) -> None:
-        entity = instance_entity(pending.record)
-        batch = self._open.setdefault(entity["PartitionKey"], [])
-        if any(existing["RowKey"] == entity["RowKey"] for _, _, existing in batch):
-            self._start_flush(entity["PartitionKey"])  # one entity appears once per transaction
-            batch = self._open.setdefault(entity["PartitionKey"], [])
-        batch.append((outcome, pending, entity))
-        self._open_bytes[entity["PartitionKey"]] += entity_size(entity)
-        if len(batch) >= self._MAX_ENTITIES or self._open_bytes[entity["PartitionKey"]] >= self._MAX_BYTES:
-            self._start_flush(entity["PartitionKey"])
+        prepared = self._services.index.prepare_instance(pending.record)
+        key = pending.record.key
+        study = (key.partition, key.study)
+        batch = self._open.setdefault(study, [])
+        if any(existing.record.key == key for _, _, existing in batch):
+            self._start_flush(study)  # one entity appears once per transaction
+            batch = self._open.setdefault(study, [])
+        batch.append((outcome, pending, prepared))
+        self._open_bytes[study] += prepared.size
+        if len(batch) >= self._MAX_ENTITIES or self._open_bytes[study] >= self._MAX_BYTES:
+            self._start_flush(study)
 
-    def _start_flush(self, partition_key: str) -> None:
-        self._open_bytes.pop(partition_key, None)
-        batch = self._open.pop(partition_key, [])
+    def _start_flush(self, study: tuple[str, str]) -> None:
+        self._open_bytes.pop(study, None)
+        batch = self._open.pop(study, [])
         if batch:
             self._flushes.append(asyncio.create_task(self._write(batch)))
 
     async def flush_all(self) -> None:
-        for partition_key in list(self._open):
-            self._start_flush(partition_key)
+        for study in list(self._open):
+            self._start_flush(study)
         await asyncio.gather(*self._flushes)
 
     async def cancel(self) -> None:
@@ -247,13 +250,13 @@ class _InstanceEntityBatches:
             task.cancel()
         await asyncio.gather(*self._flushes, return_exceptions=True)
 
-    async def _write(self, batch: list[tuple[InstanceOutcome, _PendingEntity, dict]]) -> None:
+    async def _write(self, batch: list[tuple[InstanceOutcome, _PendingEntity, PreparedInstance]]) -> None:
         index = self._services.index
         indexed = [pending for _, pending, _ in batch]
         try:
             # New instances are created, not upserted: when a reconcile indexed the file first, it counted it.
             new = {pending.record.key for pending in indexed if not pending.replaced}
-            await index.put_instances([entity for _, _, entity in batch], create=new)
+            await index.put_instances([prepared for _, _, prepared in batch], create=new)
             self.level_updates.extend(pending.update for pending in indexed)
         except AzureError:
             logger.warning("an instance entity transaction failed; writing its %d entities one by one", len(batch))
@@ -270,7 +273,7 @@ class _InstanceEntityBatches:
 
     async def _fail(self, outcome: InstanceOutcome, pending: _PendingEntity, error: AzureError) -> None:
         outcome.failure_reason = PROCESSING_FAILURE
-        outcome.message = _storage_message("indexing the stored instance", error)
+        outcome.message = describe_failure("indexing the stored instance", error)
         outcome.retrieve_url = None
         if not pending.replaced:
             with contextlib.suppress(AzureError):
@@ -287,7 +290,7 @@ async def _announce(services: Services, indexed: list[_PendingEntity]) -> None:
     try:
         changes = [Change(p.record.key, p.record.path, p.record.etag, probably_new=not p.replaced) for p in indexed]
         await services.changefeed.append(changes)
-    except (AzureError, RuntimeError) as error:
+    except STORAGE_FAILURES as error:
         logger.warning("the change feed could not be written for %d instances: %s", len(indexed), type(error).__name__)
 
 
@@ -326,7 +329,7 @@ async def _store_file(
     except (AzureError, OSError) as error:
         logger.warning("writing an instance file failed: %s", type(error).__name__)
         outcome.failure_reason = PROCESSING_FAILURE
-        outcome.message = _storage_message("writing the instance to the lake", error)
+        outcome.message = describe_failure("writing the instance to the lake", error)
         return outcome, None
 
     outcome.replaced = replaced
@@ -337,7 +340,7 @@ async def _store_file(
 
 async def _write_file(
     services: Services, request: StoreRequest, key: InstanceKey, path: str, part: ReceivedPart
-) -> tuple[WrittenFile, bool]:
+) -> tuple[LakeFile, bool]:
     """Write the file create-only; on a conflict replace it for PUT, or for POST when it is an orphan.
 
     An orphan is a file without an index entity: the leftover of a store that failed
@@ -363,8 +366,3 @@ def _prepare(part: ReceivedPart, limits: StructureLimits) -> DescribedInstance:
     part.file.write(bytes(PREAMBLE_LENGTH))
     return prepared
 
-
-def _storage_message(doing: str, error: Exception) -> str:
-    if isinstance(error, HttpResponseError):
-        return f"{doing} failed: {describe_storage_error(error)}"
-    return f"{doing} failed: the storage service could not be reached ({type(error).__name__})"

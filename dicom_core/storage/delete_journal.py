@@ -17,17 +17,17 @@ paths or a reindex finishes.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableTransactionError
-from azure.data.tables.aio import TableClient, TableServiceClient
+from azure.data.tables.aio import TableServiceClient
 
-from dicom_core.storage.index import instance_key_columns, instance_row_key, study_partition_key
+from dicom_core.storage.keys import instance_keys, study_partition_key
 from dicom_core.storage.layout import InstanceKey
+from dicom_core.storage.tables import Table
 
 _TRANSACTION = 100
 
@@ -41,15 +41,11 @@ class JournalRow:
     created: datetime
 
 
-class DeleteJournal:
+class DeleteJournal(Table):
     """Rows of deletes in progress, keyed like the instances table."""
 
     def __init__(self, service: TableServiceClient, table_prefix: str) -> None:
-        self.table: TableClient = service.get_table_client(f"{table_prefix}deletes")
-
-    async def prepare(self) -> None:
-        with contextlib.suppress(ResourceExistsError):
-            await self.table.create_table()
+        super().__init__(service, f"{table_prefix}deletes")
 
     async def claim(self, rows: list[JournalRow]) -> list[JournalRow]:
         """Create the rows of one study; those that another delete holds already are left out of the result."""
@@ -57,7 +53,7 @@ class DeleteJournal:
         for start in range(0, len(rows), _TRANSACTION):
             chunk = rows[start : start + _TRANSACTION]
             try:
-                await self.table.submit_transaction([("create", _entity(row)) for row in chunk])
+                await self.client.submit_transaction([("create", _entity(row)) for row in chunk])
                 claimed.extend(chunk)
                 continue
             except TableTransactionError as error:
@@ -65,7 +61,7 @@ class DeleteJournal:
                     raise
             for row in chunk:  # some rows exist: claim one by one
                 try:
-                    await self.table.create_entity(_entity(row))
+                    await self.client.create_entity(_entity(row))
                 except ResourceExistsError:
                     continue
                 claimed.append(row)
@@ -73,25 +69,29 @@ class DeleteJournal:
 
     async def rows_of_study(self, partition: str, study: str) -> AsyncIterator[JournalRow]:
         query = "PartitionKey eq @pk"
-        async for entity in self.table.query_entities(query, parameters={"pk": study_partition_key(partition, study)}):
+        async for entity in self.client.query_entities(query, parameters={"pk": study_partition_key(partition, study)}):
             yield _row(entity)
 
     async def all_rows(self) -> AsyncIterator[JournalRow]:
         """Every row (reindex: the journal is small, it holds only deletes in progress)."""
-        async for entity in self.table.list_entities():
+        async for entity in self.client.list_entities():
             yield _row(entity)
 
     async def release(self, rows: list[JournalRow]) -> None:
         for row in rows:
-            await self.table.delete_entity(
-                study_partition_key(row.key.partition, row.key.study), instance_row_key(row.key.series, row.key.sop)
-            )
+            await self.client.delete_entity(*instance_keys(row.key))
 
 
 def _entity(row: JournalRow) -> dict:
     key = row.key
+    partition_key, row_key = instance_keys(key)
     return {
-        **instance_key_columns(key),
+        "PartitionKey": partition_key,
+        "RowKey": row_key,
+        "PartitionName": key.partition,
+        "StudyInstanceUID": key.study,
+        "SeriesInstanceUID": key.series,
+        "SOPInstanceUID": key.sop,
         "Job": row.job,
         "Indexed": row.indexed,
         "Path": row.path,
