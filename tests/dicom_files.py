@@ -185,3 +185,14 @@ def pydicom_json(source: Path | BinaryIO) -> dict:
                 continue
     _name_bulk_data(model, "bulkdata")
     return model
+
+
+def uids(data: bytes) -> tuple[str, str, str, str]:
+    """(StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID) of a Part 10 file."""
+    dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return (
+        str(dataset.StudyInstanceUID),
+        str(dataset.SeriesInstanceUID),
+        str(dataset.SOPInstanceUID),
+        str(dataset.SOPClassUID),
+    )

@@ -11,9 +11,8 @@ import pytest
 from dicom_core.http.multipart import read_multipart
 from dicom_core.operations.store import StoreRequest, store_instances
 from dicom_core.services import Services
-from tests.dicom_files import multipart, new_instance, stow_headers
+from tests.dicom_files import multipart, new_instance, stow_headers, uids
 from tests.faults import failing_from
-from tests.test_store import uids
 
 
 async def put(client, parts, method="POST"):

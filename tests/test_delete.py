@@ -8,9 +8,8 @@ import pytest
 
 from dicom_core.operations import delete as delete_operation
 from dicom_core.storage.layout import InstanceKey
-from tests.dicom_files import multipart, new_instance, stow_headers
+from tests.dicom_files import multipart, new_instance, stow_headers, uids
 from tests.faults import failing_from
-from tests.test_store import uids
 
 DEFAULT = "Microsoft.Default"
 

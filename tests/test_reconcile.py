@@ -10,9 +10,8 @@ from dicom_core.__main__ import main
 from dicom_core.operations.reconcile import ADDED, REJECTED, REMOVED, UNCHANGED, contract_files, reconcile_path, reindex
 from dicom_core.storage.layout import InstanceKey
 from tests.conftest import server_environment
-from tests.dicom_files import multipart, new_instance, stow_headers
+from tests.dicom_files import multipart, new_instance, stow_headers, uids
 from tests.faults import failing_from
-from tests.test_store import uids
 
 DEFAULT = "Microsoft.Default"
 

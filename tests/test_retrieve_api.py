@@ -12,7 +12,7 @@ from dicomweb_client import DICOMwebClient
 from PIL import Image
 from pydicom.uid import generate_uid
 
-from dicom_core.http.multipart import MediaType
+from dicom_core.http.media_types import MediaType
 from dicom_core.operations.retrieve import instances as retrieve_operation
 from dicom_core.operations.retrieve import streams as retrieve_streams
 from dicom_core.storage.layout import InstanceKey, Scope
@@ -161,7 +161,7 @@ async def test_archive_tier_says_how_to_rehydrate(client, services):
 
 
 def _key(data: bytes) -> InstanceKey:
-    study, series, sop = uids(data)
+    study, series, sop, _ = uids(data)
     return InstanceKey("Microsoft.Default", study, series, sop)
 
 

@@ -17,21 +17,11 @@ from tests.dicom_files import (
     preamble_zeroed,
     storable_test_files,
     stow_headers,
+    uids,
 )
 
 STUDIES = "/v2/studies"
 
-
-def uids(data: bytes) -> tuple[str, str, str, str]:
-    import io
-
-    dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    return (
-        str(dataset.StudyInstanceUID),
-        str(dataset.SeriesInstanceUID),
-        str(dataset.SOPInstanceUID),
-        str(dataset.SOPClassUID),
-    )
 
 
 async def post(client, parts, url=STUDIES, method="POST", boundary=None, quoted=True):
