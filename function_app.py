@@ -6,7 +6,7 @@ Thin by design: it binds triggers to dicom_core.
   names Application Insights shows), using the HTTP streams extension
   (azurefunctions-extensions-http-fastapi) so bodies stream instead of being
   buffered and capped at ~100 MB. Function keys guard every route except the
-  public health check; App Service Authentication adds Entra ID (README, Security).
+  public health check; App Service Authentication adds Entra ID (docs/security.md).
 - A timer every 30 seconds writes and reads back the health file.
 - An Event Grid-sourced blob trigger on the lake file system (connection
   ``DicomLake``) for files created under the contract folders, and an Event Grid

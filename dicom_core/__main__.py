@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the DICOMweb API locally",
         description=(
             "Serve the DICOMweb API (the same route table as the Azure Functions app) with uvicorn. "
-            "Settings come from the environment (see the README). When DicomLake is not set, Azurite "
+            "Settings come from the environment (docs/settings.md). When DicomLake is not set, Azurite "
             "is started from node_modules with its data in .azurite/, and stopped on Ctrl-C."
         ),
     )

@@ -1,4 +1,4 @@
-"""Service settings, read from the environment (design.md, "Settings").
+"""Service settings, read from the environment (docs/settings.md).
 
 Locally these come from the shell or from ``local.settings.json`` ``Values`` under
 Functions Core Tools; in Azure from the Function App's application settings.
@@ -106,7 +106,7 @@ AUTH_MODES = ("none", "appservice", "signed")
 
 @dataclass(frozen=True)
 class Security:
-    """Who may do what (README, Security).
+    """Who may do what (docs/security.md).
 
     ``auth_mode``: ``none`` (no identity checks: local use, or behind function keys only),
     ``appservice`` (App Service Authentication / Entra ID puts the signed-in principal in
@@ -143,7 +143,7 @@ class Security:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting of design.md, with its local default."""
+    """Every setting of docs/settings.md, with its local default."""
 
     lake: Connection = field(default_factory=lambda: Connection(connection_string=DEVELOPMENT_STORAGE))
     index: Connection = field(default_factory=lambda: Connection(connection_string=DEVELOPMENT_STORAGE))

@@ -26,6 +26,6 @@ def is_valid_uid(value: str) -> bool:
 
 
 def is_valid_partition(name: str) -> bool:
-    """Partition names are 1-64 letters, digits, '.', '-' or '_' (design.md)."""
+    """Partition names are 1-64 letters, digits, '.', '-' or '_' (docs/lake-layout.md)."""
     # "healthCheck" is the health folder beside the partitions in the lake layout.
     return bool(_PARTITION.match(name)) and name not in {".", "..", "healthCheck"}

@@ -15,7 +15,7 @@ A search is answered by point reads and key ranges only (docs/index-design.md):
    study, the instances of a series.
 
 Results come in the order of the driving range: by the driving key's normalized value,
-then by UIDs (README, "Order"); paging reads ``offset + limit + 1`` matches and stops,
+then by UIDs (docs/search.md, "Limits, order and paging"); paging reads ``offset + limit + 1`` matches and stops,
 the extra one telling whether a ``Warning`` header is due.
 """
 

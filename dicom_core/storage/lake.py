@@ -4,9 +4,13 @@ Writes are atomic: an instance is either absent or whole. On the blob endpoint a
 single Put Blob, or a block list committed at the end, is atomic; on a
 hierarchical-namespace (ADLS Gen2) account the file is written under a staging
 folder outside the contract layout, then renamed into place, which is atomic.
-Which one applies is detected from the account, not configured (Azurite has no
-dfs endpoint: field-notes.md). Reads, ranged reads, listing and deletes use the
-blob endpoint, which serves both kinds of account.
+Which one applies is detected from the account, not configured (Azurite, the local
+emulator, has no dfs endpoint). Reads, ranged reads, listing and deletes use the
+blob endpoint, which serves both kinds of account (docs/lake-layout.md).
+
+ETags are compared between what a write returned, what a listing shows and what the
+index recorded, and the SDK returns them quoted from some calls and bare from others,
+so every ETag leaves this adapter in one form: quoted, as HTTP sends it.
 """
 
 from __future__ import annotations
