@@ -17,8 +17,8 @@ import function_app
 from dicom_core.http.auth import Access
 from dicom_core.http.routes import route_table
 from dicom_core.storage.layout import InstanceKey
-from tests.conftest import server_environment
 from tests.dicom_files import multipart, new_instance, stow_headers
+from tests.environments import server_environment
 
 FUNCTIONS = {function.get_function_name(): function for function in function_app.app.get_functions()}
 

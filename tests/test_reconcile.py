@@ -9,8 +9,8 @@ from azure.storage.blob.aio import BlobServiceClient
 from dicom_core.__main__ import main
 from dicom_core.operations.reconcile import ADDED, REJECTED, REMOVED, UNCHANGED, contract_files, reconcile_path, reindex
 from dicom_core.storage.layout import InstanceKey
-from tests.conftest import server_environment
 from tests.dicom_files import multipart, new_instance, stow_headers, uids
+from tests.environments import server_environment
 from tests.faults import failing_from
 
 DEFAULT = "Microsoft.Default"

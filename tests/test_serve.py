@@ -19,6 +19,7 @@ from azure.storage.blob import BlobServiceClient
 
 from dicom_core.local.azurite import REPOSITORY_ROOT, connection_string, free_port
 from tests.dicom_files import multipart, new_instance, stow_headers, uids
+from tests.server import wait_until_answering
 
 DEFAULT_PORTS = (10000, 10001, 10002)
 _STARTED = re.compile(r"Azurite started \(blob port (\d+), table port (\d+)")
@@ -54,18 +55,12 @@ def _start_serve(tmp_path: Path) -> tuple[subprocess.Popen, str, Path]:
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}/v2"
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"serve exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            httpx.get(f"{url}/studies", timeout=1)
-            return process, url, log
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise AssertionError(f"serve did not answer within 60 s:\n{log.read_text()}") from None
-            time.sleep(0.2)
+    try:
+        wait_until_answering(url, process, log)
+    except BaseException:
+        _stop(process)
+        raise
+    return process, url, log
 
 
 def _emulator_ports(log: Path) -> tuple[int, int]:

@@ -25,7 +25,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableTransactionError
 from azure.data.tables.aio import TableServiceClient
 
-from dicom_core.storage.keys import instance_keys, study_partition_key
+from dicom_core.storage.keys import instance_identity, instance_keys, key_of, study_partition_key
 from dicom_core.storage.layout import InstanceKey
 from dicom_core.storage.tables import Table
 
@@ -83,15 +83,8 @@ class DeleteJournal(Table):
 
 
 def _entity(row: JournalRow) -> dict:
-    key = row.key
-    partition_key, row_key = instance_keys(key)
     return {
-        "PartitionKey": partition_key,
-        "RowKey": row_key,
-        "PartitionName": key.partition,
-        "StudyInstanceUID": key.study,
-        "SeriesInstanceUID": key.series,
-        "SOPInstanceUID": key.sop,
+        **instance_identity(row.key),
         "Job": row.job,
         "Indexed": row.indexed,
         "Path": row.path,
@@ -100,5 +93,5 @@ def _entity(row: JournalRow) -> dict:
 
 
 def _row(entity: dict) -> JournalRow:
-    key = InstanceKey(entity["PartitionName"], entity["StudyInstanceUID"], entity["SeriesInstanceUID"], entity["SOPInstanceUID"])
-    return JournalRow(key, entity["Job"], bool(entity["Indexed"]), entity["Path"], entity.get("Created") or datetime.now(UTC))
+    created = entity.get("Created") or datetime.now(UTC)
+    return JournalRow(key_of(entity), entity["Job"], bool(entity["Indexed"]), entity["Path"], created)

@@ -35,7 +35,15 @@ from azure.data.tables.aio import TableClient, TableServiceClient
 
 from dicom_core.dicom.levels import Level
 from dicom_core.storage.errors import StorageContention
-from dicom_core.storage.keys import children_range, instance_keys, range_filter, study_partition_key
+from dicom_core.storage.keys import (
+    UID_COLUMNS,
+    children_range,
+    instance_identity,
+    instance_keys,
+    key_of,
+    range_filter,
+    study_partition_key,
+)
 from dicom_core.storage.layout import InstanceKey
 from dicom_core.storage.lookup import Lookup, instance_entries, level_entries, study_entries
 from dicom_core.storage.records import InstanceRecord, LevelRecord, LevelUpdate, SeriesRecord, StudyRecord
@@ -47,13 +55,12 @@ _MAX_BINARY = 64 * 1024  # Table Storage's limit for one binary property
 _CONCURRENCY_RETRIES = 50
 _APPLIED_DELETES_KEPT = 50  # delete jobs a study or series entity remembers, so a resumed delete counts once
 _PAGE = 1000  # Table Storage's largest page
-_UID_COLUMNS = ["PartitionName", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]
 # Instance columns read unless the metadata is asked for: everything but the DICOM JSON, the largest.
 _INSTANCE_SUMMARY = [
-    *_UID_COLUMNS, "SOPClassUID", "Path", "Size", "ETag", "TransferSyntaxUID", "NumberOfFrames", "FrameRanges", "Attributes",
+    *UID_COLUMNS, "SOPClassUID", "Path", "Size", "ETag", "TransferSyntaxUID", "NumberOfFrames", "FrameRanges", "Attributes",
     "StoredAt",
 ]  # fmt: skip
-_INSTANCE_SWEEP = [*_UID_COLUMNS, "Path", "ETag"]
+_INSTANCE_SWEEP = [*UID_COLUMNS, "Path", "ETag"]
 
 
 # -- encodings --------------------------------------------------------------------------------------
@@ -78,15 +85,8 @@ def _decode_frame_ranges(value: bytes | None) -> list[list[tuple[int, int]]] | N
 
 
 def _instance_entity(record: InstanceRecord) -> dict[str, Any]:
-    key = record.key
-    partition_key, row_key = instance_keys(key)
     entity: dict[str, Any] = {
-        "PartitionKey": partition_key,
-        "RowKey": row_key,
-        "PartitionName": key.partition,
-        "StudyInstanceUID": key.study,
-        "SeriesInstanceUID": key.series,
-        "SOPInstanceUID": key.sop,
+        **instance_identity(record.key),
         "SOPClassUID": record.sop_class_uid,
         "Path": record.path,
         "Size": record.size,
@@ -113,7 +113,7 @@ def _instance_record(entity: TableEntity) -> InstanceRecord:
     """The record of an instance entity; columns left out of the read take empty values."""
     metadata = entity.get("Metadata")
     return InstanceRecord(
-        key=InstanceKey(*(entity[column] for column in _UID_COLUMNS)),
+        key=key_of(entity),
         sop_class_uid=entity.get("SOPClassUID", ""),
         path=entity.get("Path", ""),
         size=int(entity.get("Size") or 0),

@@ -33,6 +33,25 @@ def instance_keys(key: InstanceKey) -> tuple[str, str]:
     return study_partition_key(key.partition, key.study), instance_row_key(key.series, key.sop)
 
 
+_UID_COLUMNS = ("PartitionName", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
+def instance_identity(key: InstanceKey) -> dict[str, str]:
+    """The keys and UID columns of an entity keyed like the instances table (instances, delete journal)."""
+    partition_key, row_key = instance_keys(key)
+    uids = dict(zip(_UID_COLUMNS, (key.partition, key.study, key.series, key.sop), strict=True))
+    return {"PartitionKey": partition_key, "RowKey": row_key, **uids}
+
+
+def key_of(entity: dict) -> InstanceKey:
+    """The instance an entity written with ``instance_identity`` is about."""
+    return InstanceKey(*(entity[column] for column in _UID_COLUMNS))
+
+
+UID_COLUMNS = list(_UID_COLUMNS)
+"""The UID columns, for reads that select only some columns."""
+
+
 def children_range(parent: str) -> tuple[str, str]:
     """Keys (from exclusive, to exclusive) of every key that starts with ``parent|``."""
     return f"{parent}{SEPARATOR}", f"{parent}{AFTER_SEPARATOR}"
