@@ -2,7 +2,7 @@
 
 The service runs as the README starts it (``python -m dicom_core serve`` over the test Azurite); Debian's
 Orthanc with its DICOMweb plugin (installed by ``scripts/setup.sh --test``) runs with bench/orthanc.py's
-configuration plus the service as DICOMweb server ``lake``, as docs/interoperability.md configures it.
+configuration plus the service as DICOMweb server ``lake``, as docs/clients.md configures it.
 Files are uploaded into one Orthanc and sent with ``/dicom-web/servers/lake/stow``, found with ``.../get``,
 pulled into a second, empty Orthanc with ``.../retrieve`` and removed with ``.../delete``.
 """

@@ -42,8 +42,8 @@ def check_store_media_type(content_type: str | None) -> MediaType:
     boundary = media_type.parameters.get("boundary", "")
     if not boundary:
         raise BadRequest("the multipart/related Content-Type has no boundary parameter")
-    # RFC 2046 5.1.1 lets senders make boundaries of at most 70 characters, but Orthanc's DICOMweb
-    # plugin sends 73 (two UUIDs joined by '-'), so accept what the parser accepts: it refuses longer.
+    # RFC 2046 5.1.1 lets senders make boundaries of at most 70 characters, but Orthanc's DICOMweb plugin
+    # sends 73 (docs/architecture.md, facts), so accept what the parser accepts: it refuses longer ones.
     if len(boundary) > MAX_BOUNDARY_LENGTH:
         raise BadRequest(
             f"the multipart boundary is {len(boundary)} characters long; at most {MAX_BOUNDARY_LENGTH} are accepted "
