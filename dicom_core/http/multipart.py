@@ -43,7 +43,8 @@ def check_store_media_type(content_type: str | None) -> MediaType:
     if not boundary:
         raise BadRequest("the multipart/related Content-Type has no boundary parameter")
     # RFC 2046 5.1.1 lets senders make boundaries of at most 70 characters, but Orthanc's DICOMweb plugin
-    # sends 73 (docs/architecture.md, facts), so accept what the parser accepts: it refuses longer ones.
+    # sends 73, so accept what the parser accepts; it refuses longer ones itself
+    # (docs/architecture.md, "Facts the code relies on").
     if len(boundary) > MAX_BOUNDARY_LENGTH:
         raise BadRequest(
             f"the multipart boundary is {len(boundary)} characters long; at most {MAX_BOUNDARY_LENGTH} are accepted "
