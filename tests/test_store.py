@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pydicom
 import pytest
@@ -178,6 +179,24 @@ async def test_any_legal_boundary_and_quoting(client, services, boundary, quoted
     assert await lake_bytes(services, "Microsoft.Default", data) == preamble_zeroed(data)
 
 
+async def test_what_orthanc_sends_is_stored(client, services):
+    """The wire form of Orthanc's DICOMweb plugin (1.7): a boundary of two UUIDs joined by '-' (73
+    characters, over RFC 2046's 70), a Content-Length in each part, and a body without Content-Length
+    (Orthanc sends it chunked)."""
+    parts = [new_instance(), new_instance()]
+    body, boundary = multipart(parts, f"{uuid.uuid4()}-{uuid.uuid4()}", content_length=True)
+
+    async def chunked():
+        yield body
+
+    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
+    response = await client.post(STUDIES, content=chunked(), headers=headers | {"Accept": "application/dicom+json"})
+    assert response.status_code == 200, response.text
+    assert len(sequence(response.json(), "00081199")) == 2
+    for data in parts:
+        assert await lake_bytes(services, "Microsoft.Default", data) == preamble_zeroed(data)
+
+
 async def test_body_arriving_in_tiny_chunks(client, services):
     parts = [new_instance() for _ in range(3)]
     body, boundary = multipart(parts)
@@ -236,6 +255,7 @@ async def test_all_parts_failing_gives_409(client):
         ("application/json", 415, "not supported"),
         ('multipart/related; type="application/dicom+json"; boundary=x', 415, "application/dicom+json"),
         ("multipart/related; type=application/dicom", 400, "boundary"),
+        (f"multipart/related; boundary={'x' * 257}", 400, "257 characters long; at most 256"),
         (None, 415, "no Content-Type"),
     ],
 )
