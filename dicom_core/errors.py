@@ -9,13 +9,14 @@ from __future__ import annotations
 
 
 class DicomServiceError(Exception):
-    """Base class: ``status`` is the HTTP status, ``message`` the client-facing text."""
+    """Base class: ``status`` is the HTTP status, ``message`` the client-facing text, ``headers`` extra response headers."""
 
     status = 500
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.headers = headers or {}
 
 
 class BadRequest(DicomServiceError):

@@ -32,7 +32,9 @@ def with_error_handling(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except DicomServiceError as error:
-            return error_response(error.status, error.message)
+            response = error_response(error.status, error.message)
+            response.headers.update(error.headers)  # e.g. the Warning of a refused UPS-RS request (PS3.18 11.7.3.2)
+            return response
         except HttpResponseError as error:
             logger.warning("storage refused a request: %s", describe_storage_error(error))
             return error_response(503, f"storage failure: {describe_storage_error(error)}; try again later")
