@@ -107,10 +107,10 @@ def parse_row_key(row_key: str) -> tuple[str, bool, tuple[str, ...]]:
 
 
 class Lookup:
-    """The ``{prefix}lookup`` table. ``statistics`` is the index's: every request and entity counts."""
+    """The ``{prefix}lookup`` table (or another table of lookup entries: ``name``). ``statistics`` counts every request."""
 
-    def __init__(self, service: TableServiceClient, table_prefix: str, statistics) -> None:
-        self.table: TableClient = service.get_table_client(f"{table_prefix}lookup")
+    def __init__(self, service: TableServiceClient, table_prefix: str, statistics, name: str = "lookup") -> None:
+        self.table: TableClient = service.get_table_client(f"{table_prefix}{name}")
         self.statistics = statistics
 
     async def prepare(self) -> None:
@@ -135,6 +135,15 @@ class Lookup:
             return
         operations = [("upsert", {"PartitionKey": pk, "RowKey": rk}, {"mode": UpdateMode.REPLACE}) for rk in row_keys]
         await self.table.submit_transaction(operations)
+
+    async def remove(self, entries: Iterable[tuple[str, str]]) -> None:
+        """Delete entries (no error for those already gone), all at once."""
+
+        async def delete(pk: str, rk: str) -> None:
+            self.statistics.requests += 1
+            await self.table.delete_entity(pk, rk)
+
+        await asyncio.gather(*(delete(pk, rk) for pk, rk in dict.fromkeys(entries)))
 
     async def scan(self, pk: str, value_range: ValueRange, page_size: int) -> AsyncIterator[str]:
         """The RowKeys of one partition whose values are in ``value_range``, in RowKey order."""
