@@ -12,6 +12,7 @@ from dicom_core.storage.health_store import HealthStore
 from dicom_core.storage.index import Index
 from dicom_core.storage.lake import Lake
 from dicom_core.storage.layout import LakeLayout
+from dicom_core.storage.workitems import WorkitemStore
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Services:
     changefeed: ChangeFeedStore
     deletes: DeleteJournal
     health: HealthStore
+    workitems: WorkitemStore
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
@@ -42,6 +44,7 @@ class Services:
             ChangeFeedStore(tables, settings.table_prefix),
             DeleteJournal(tables, settings.table_prefix),
             HealthStore(tables, settings.table_prefix),
+            WorkitemStore(tables, settings.table_prefix),
         )
         try:
             await lake.prepare()
@@ -49,6 +52,7 @@ class Services:
             await services.changefeed.prepare()
             await services.deletes.prepare()
             await services.health.prepare()
+            await services.workitems.prepare()
         except BaseException:
             await services.close()
             raise
