@@ -28,6 +28,7 @@ from dicom_core.dicom.uids import uid_problem
 UPS_PUSH_SOP_CLASS = "1.2.840.10008.5.1.4.34.6.1"  # every UPS is an instance of the Push SOP Class (PS3.4 CC.3.1)
 MAX_WORKITEM_BYTES = 256 * 1024  # a request body, and a workitem once updated
 MAX_INDEXED_ITEMS = 100  # items of a sequence whose values are matching keys
+MAX_NESTING = 16  # levels of sequences in a workitem
 
 SPECIFIC_CHARACTER_SET = "00080005"
 SOP_CLASS_UID = "00080016"
@@ -37,9 +38,10 @@ PROCEDURE_STEP_STATE = "00741000"
 PROGRESS_INFORMATION_SEQUENCE = "00741002"
 SCHEDULED_MODIFICATION_DATE_TIME = "00404010"
 CANCELLATION_DATE_TIME = "00404052"
+REASON_FOR_CANCELLATION = "00741238"
 # The Request UPS Cancel action information (PS3.4 Table CC.2.2-1) the service records.
 CANCEL_INFORMATION = {
-    "00741238": "ReasonForCancellation",
+    REASON_FOR_CANCELLATION: "ReasonForCancellation",
     "0074100E": "ProcedureStepDiscontinuationReasonCodeSequence",
     "0074100A": "ContactURI",
     "0074100C": "ContactDisplayName",
@@ -76,17 +78,21 @@ def parse_dataset(body: bytes, *, required: bool = True) -> dict:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise WorkitemProblem(f"the body is not JSON: {error}") from None
+    except RecursionError:
+        raise WorkitemProblem(f"the body nests deeper than the {MAX_NESTING} sequence levels a workitem may have") from None
     if isinstance(document, list):
         if len(document) != 1:
             raise WorkitemProblem(f"the body holds {len(document)} datasets; send exactly one")
         document = document[0]
     if not isinstance(document, dict):
         raise WorkitemProblem("the body is not a DICOM JSON dataset (an object of tags)")
-    _check_shape(document, "")
+    _check_shape(document, "", 0)
     return document
 
 
-def _check_shape(dataset: dict, where: str) -> None:
+def _check_shape(dataset: dict, where: str, depth: int) -> None:
+    if depth > MAX_NESTING:
+        raise WorkitemProblem(f"{where}: sequences nest deeper than {MAX_NESTING} levels")
     for tag, element in dataset.items():
         name = f"{where}{tag}"
         if len(tag) != 8 or any(character not in "0123456789ABCDEFabcdef" for character in tag):
@@ -102,7 +108,7 @@ def _check_shape(dataset: dict, where: str) -> None:
             for position, item in enumerate(values):
                 if not isinstance(item, dict):
                     raise WorkitemProblem(f"{describe(tag)} item {position}: a sequence item is a dataset (an object)")
-                _check_shape(item, f"{name}/{position}/")
+                _check_shape(item, f"{name}/{position}/", depth + 1)
 
 
 def describe(tag: str) -> str:

@@ -54,7 +54,9 @@ def _query_uid(request: Request, names: tuple[str, ...], label: str) -> str | No
     pairs = parse_qsl(request.url.query, keep_blank_values=True)
     found = []
     for name, value in pairs:
-        if name in names and value:
+        if name in names:
+            if not value:
+                raise BadRequest(f"query parameter {name} has no value; give the {label}")
             found.append(value)
         elif not value and name:
             found.append(name)

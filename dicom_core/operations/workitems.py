@@ -25,6 +25,7 @@ from dicom_core.dicom.workitem import (
     KEYS_BY_NAME,
     MAX_WORKITEM_BYTES,
     PROCEDURE_STEP_STATE,
+    REASON_FOR_CANCELLATION,
     SCHEDULED_MODIFICATION_DATE_TIME,
     SOP_CLASS_UID,
     SOP_INSTANCE_UID,
@@ -279,7 +280,10 @@ async def request_cancellation(services: Services, partition: str, uid: str, bod
     if others:
         allowed = ", ".join(CANCEL_INFORMATION.values())
         raise BadRequest(f"a cancel request may hold {allowed} (PS3.4 Table CC.2.2-1), not {', '.join(others)}")
-    recorded = {tag: element for tag, element in information.items() if tag in CANCEL_INFORMATION}
+    # The owner reads the request in the workitem, so there is always a reason to read (PS3.4 CC.2.2.3).
+    recorded = {REASON_FOR_CANCELLATION: text_element("LT", "cancellation requested")} | {
+        tag: element for tag, element in information.items() if tag in CANCEL_INFORMATION
+    }
 
     def decide(current: WorkitemRecord) -> Decision:
         outcome = request_cancel(current.state)
@@ -324,7 +328,7 @@ def _parse_search(parameters: Sequence[tuple[str, str]], max_limit: int) -> _Que
                 raise BadRequest(f"query parameter {name!r} is given more than once")
             controls[lowered] = value
             continue
-        key = KEYS_BY_NAME.get(name)
+        key = KEYS_BY_NAME.get(name) or KEYS_BY_NAME.get(name.upper())  # tags in either case
         if key is None:
             supported = ", ".join(key.keyword for key in KEYS)
             raise BadRequest(f"{name[:80]!r} is not a supported workitem matching key; supported: {supported}")

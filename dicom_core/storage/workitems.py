@@ -109,6 +109,7 @@ class WorkitemStore:
     def __init__(self, service: TableServiceClient, table_prefix: str) -> None:
         self.table: TableClient = service.get_table_client(f"{table_prefix}workitems")
         self.statistics = IndexStatistics()
+        self.lost_races = 0  # writes refused because another writer changed the workitem first (tests read it)
         self.lookup = Lookup(service, table_prefix, self.statistics, name="workitemlookup")
 
     async def prepare(self) -> None:
@@ -148,6 +149,7 @@ class WorkitemStore:
                 _entity(new), mode=UpdateMode.REPLACE, etag=current.etag, match_condition=MatchConditions.IfNotModified
             )
         except ResourceModifiedError:
+            self.lost_races += 1
             return False  # another writer got there first; entries just added are stale at worst
         await self.lookup.remove(old_entries - new_entries)
         return True
