@@ -137,9 +137,9 @@ async def _change(store: WorkitemStore, partition: str, uid: str, decide: Callab
     )
 
 
-def _with_state(record: WorkitemRecord, state: State, transaction_uid: str | None, dataset: dict | None = None) -> WorkitemRecord:
-    dataset = dict(record.dataset if dataset is None else dataset)
-    dataset[PROCEDURE_STEP_STATE] = text_element("CS", state.value)
+def _with_state(record: WorkitemRecord, state: State, transaction_uid: str | None, dataset: dict) -> WorkitemRecord:
+    """``record`` in ``state``: the entity's State column and the dataset's ProcedureStepState always agree."""
+    dataset = dataset | {PROCEDURE_STEP_STATE: text_element("CS", state.value)}
     return replace(record, state=state, transaction_uid=transaction_uid, dataset=dataset)
 
 
