@@ -55,14 +55,20 @@ def workitem(
         "00404018": {"vr": "SQ", "Value": [code(task, "Nodule detection")]},
         "00404041": {"vr": "CS", "Value": [readiness]},
         "00404021": {"vr": "SQ", "Value": [{"0020000D": {"vr": "UI", "Value": ["1.2.3.4"]}}]},
+        "00741210": {"vr": "SQ", "Value": []},
+        "00400400": {"vr": "LT"},
         "00100010": {"vr": "PN", "Value": [{"Alphabetic": patient_name}]},
         "00100020": {"vr": "LO", "Value": [patient_id]},
+        "00101002": {"vr": "SQ", "Value": []},
         "00100030": {"vr": "DA"},
         "00100040": {"vr": "CS", "Value": ["F"]},
         "00380010": {"vr": "LO"},
         "00380014": {"vr": "SQ", "Value": []},
+        "00081080": {"vr": "LO"},
+        "00081084": {"vr": "SQ", "Value": []},
         "0040A370": {"vr": "SQ", "Value": []},
         "00741000": {"vr": "CS", "Value": ["SCHEDULED"]},
+        "00081195": {"vr": "UI"},  # type 2 in Table CC.2.5-3, and empty: nobody owns a new workitem
     }
     return dataset | extra
 
@@ -128,10 +134,16 @@ async def test_life_cycle_create_claim_update_complete(client):
     assert claimed["00741000"]["Value"] == ["IN PROGRESS"]
     assert "00081195" not in claimed and transaction not in json.dumps(claimed)
 
-    results = {"00404033": {"vr": "SQ", "Value": [{"0020000D": {"vr": "UI", "Value": ["1.2.3.5"]}}]}}
+    output = {"00404033": {"vr": "SQ", "Value": [{"0020000D": {"vr": "UI", "Value": ["1.2.3.5"]}}]}}  # OutputInformationSequence
+    results = {
+        "00741002": {"vr": "SQ", "Value": [{"00741004": {"vr": "DS", "Value": ["100"]}}]},  # ProcedureStepProgress
+        "00741216": {"vr": "SQ", "Value": [output]},  # UnifiedProcedureStepPerformedProcedureSequence
+    }
     response = await client.post(f"/v2/workitems/{uid}?{transaction}", content=json.dumps([results]), headers=JSON)
     assert response.status_code == 200, response.text
-    assert (await get(client, uid))["00404033"] == results["00404033"]
+    assert response.headers["content-location"] == f"http://testserver/v2/workitems/{uid}"
+    updated = await get(client, uid)
+    assert updated["00741216"] == results["00741216"] and updated["00741002"] == results["00741002"]
 
     response = await put_state(client, uid, "COMPLETED", transaction)
     assert response.status_code == 200 and not warning_of(response)
@@ -153,6 +165,8 @@ async def test_create_forms_and_duplicates(client, services):
 
     response = await client.post(f"/v2/workitems?{standard}", content=json.dumps([workitem()]), headers=JSON)
     assert response.status_code == 409 and standard in response.json()["message"]
+    unlabeled = await create(client, workitem(**{"00741202": {"vr": "LO"}}))
+    assert (await get(client, unlabeled))["00741202"]["Value"] == ["DEFAULT"]  # 2/1: the service fills it in
     response = await client.post(f"/v2/workitems?{new_uid()}", content=json.dumps([body]), headers=JSON)
     assert response.status_code == 400 and "differs" in response.json()["message"]
     response = await client.post("/v2/workitems?1.2.x", content=json.dumps([workitem()]), headers=JSON)
@@ -173,7 +187,8 @@ async def test_create_names_every_attribute_that_breaks_the_n_create_requirement
             "00741204": {"vr": "LO", "Value": []},
         }
     )
-    del dataset["00741200"], dataset["00404018"]
+    dataset["00741002"] = {"vr": "SQ", "Value": [{"00741004": {"vr": "DS", "Value": ["50"]}}]}
+    del dataset["00741200"], dataset["00404018"], dataset["00101002"]
     uid = new_uid()
     services.workitems.statistics.reset()
     response = await client.post(f"/v2/workitems?{uid}", content=json.dumps([dataset]), headers=JSON)
@@ -186,7 +201,9 @@ async def test_create_names_every_attribute_that_breaks_the_n_create_requirement
         "ScheduledWorkitemCodeSequence (00404018) is missing",
         "InputReadinessState (00404041) is 'SOON'; allowed: READY, UNAVAILABLE, INCOMPLETE",
         "ProcedureStepState (00741000) is 'IN PROGRESS'; allowed: SCHEDULED",
-        "TransactionUID (00081195) is not allowed",
+        "TransactionUID (00081195) must be empty when a workitem is created",
+        "ProcedureStepProgressInformationSequence (00741002) must be empty",
+        "OtherPatientIDsSequence (00101002) is missing (type 2)",
     ):
         assert expected in message, (expected, message)
     assert services.workitems.statistics.requests == 0  # nothing stored, nothing even read
@@ -291,6 +308,7 @@ async def test_update_refusals(client):
                 "00081195": {"vr": "UI", "Value": ["1.2.3"]},
                 "00741200": {"vr": "CS", "Value": ["URGENT"]},
                 "00741204": {"vr": "LO", "Value": []},
+                "00100020": {"vr": "LO", "Value": ["SOMEONE-ELSE"]},
             }
         ]
     )
@@ -303,6 +321,7 @@ async def test_update_refusals(client):
         "TransactionUID (00081195) cannot be updated",
         "ScheduledProcedureStepPriority (00741200) is 'URGENT'",
         "ProcedureStepLabel (00741204) is empty",
+        "PatientID (00100020) cannot be updated: the Unified Procedure Step Relationship Module is set at creation only",
     ):
         assert expected in message, (expected, message)
 
@@ -335,11 +354,15 @@ async def test_cancel_requests(client):
 
     claimed, owner = await create(client), new_uid()
     assert (await put_state(client, claimed, "IN PROGRESS", owner)).status_code == 200
-    response = await client.post(f"/v2/workitems/{claimed}/cancelrequest", content=reason, headers=JSON)
+    contact = {"0074100A": {"vr": "UR", "Value": ["mailto:radiology@example.org"]}, "0074100C": {"vr": "LO", "Value": ["Dr. X"]}}
+    request = json.dumps([{"00741238": {"vr": "LT", "Value": ["study was recalled"]}} | contact])
+    response = await client.post(f"/v2/workitems/{claimed}/cancelrequest", content=request, headers=JSON)
     assert response.status_code == 202
     recorded = await get(client, claimed)
     assert recorded["00741000"]["Value"] == ["IN PROGRESS"]  # its owner decides
-    assert recorded["00741002"]["Value"][0]["00741238"]["Value"] == ["study was recalled"]
+    progress = recorded["00741002"]["Value"][0]
+    assert progress["00741238"]["Value"] == ["study was recalled"]
+    assert progress["00741008"]["Value"] == [contact]  # Procedure Step Communications URI Sequence (PS3.3 C.30.2)
 
     response = await client.post(f"/v2/workitems/{claimed}/cancelrequest")  # without a reason: one is recorded
     assert response.status_code == 202

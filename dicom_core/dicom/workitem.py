@@ -37,14 +37,18 @@ TRANSACTION_UID = "00081195"
 PROCEDURE_STEP_STATE = "00741000"
 PROGRESS_INFORMATION_SEQUENCE = "00741002"
 SCHEDULED_MODIFICATION_DATE_TIME = "00404010"
+WORKLIST_LABEL = "00741202"
 CANCELLATION_DATE_TIME = "00404052"
 REASON_FOR_CANCELLATION = "00741238"
+CONTACT_URI = "0074100A"
+CONTACT_DISPLAY_NAME = "0074100C"
+COMMUNICATIONS_URI_SEQUENCE = "00741008"
 # The Request UPS Cancel action information (PS3.4 Table CC.2.2-1) the service records.
 CANCEL_INFORMATION = {
     REASON_FOR_CANCELLATION: "ReasonForCancellation",
     "0074100E": "ProcedureStepDiscontinuationReasonCodeSequence",
-    "0074100A": "ContactURI",
-    "0074100C": "ContactDisplayName",
+    CONTACT_URI: "ContactURI",
+    CONTACT_DISPLAY_NAME: "ContactDisplayName",
 }
 
 
@@ -140,7 +144,7 @@ class Requirement:
 
     tag: str
     vr: str
-    type: str  # "1": present with a value; "2": present, may be empty; "-": not allowed
+    type: str  # "1": present with a value; "2": present, may be empty; "E": absent or empty (nothing set yet)
     allowed: tuple[str, ...] = ()
 
 
@@ -148,7 +152,7 @@ CREATE_REQUIREMENTS: tuple[Requirement, ...] = (
     # Unified Procedure Step Scheduled Procedure Information Module
     Requirement("00741200", "CS", "1", ("HIGH", "MEDIUM", "LOW")),  # Scheduled Procedure Step Priority
     Requirement("00741204", "LO", "1"),  # Procedure Step Label
-    Requirement("00741202", "LO", "2"),  # Worklist Label
+    Requirement(WORKLIST_LABEL, "LO", "2"),  # Worklist Label (2/1: the service fills in DEFAULT_WORKLIST_LABEL)
     Requirement("00404025", "SQ", "2"),  # Scheduled Station Name Code Sequence
     Requirement("00404026", "SQ", "2"),  # Scheduled Station Class Code Sequence
     Requirement("00404027", "SQ", "2"),  # Scheduled Station Geographic Location Code Sequence
@@ -156,27 +160,39 @@ CREATE_REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("00404018", "SQ", "2"),  # Scheduled Workitem Code Sequence
     Requirement("00404041", "CS", "1", ("READY", "UNAVAILABLE", "INCOMPLETE")),  # Input Readiness State
     Requirement("00404021", "SQ", "2"),  # Input Information Sequence
+    Requirement("00741210", "SQ", "2"),  # Scheduled Processing Parameters Sequence
+    Requirement("00400400", "LT", "2"),  # Comments on the Scheduled Procedure Step
     # Unified Procedure Step Relationship Module
     Requirement("00100010", "PN", "2"),  # Patient's Name
-    Requirement("00100020", "LO", "2"),  # Patient ID
+    Requirement("00100020", "LO", "2"),  # Patient ID (1C/2: type 2 here)
+    Requirement("00101002", "SQ", "2"),  # Other Patient IDs Sequence
     Requirement("00100030", "DA", "2"),  # Patient's Birth Date
     Requirement("00100040", "CS", "2"),  # Patient's Sex
     Requirement("00380010", "LO", "2"),  # Admission ID
     Requirement("00380014", "SQ", "2"),  # Issuer of Admission ID Sequence
+    Requirement("00081080", "LO", "2"),  # Admitting Diagnoses Description
+    Requirement("00081084", "SQ", "2"),  # Admitting Diagnoses Code Sequence
     Requirement("0040A370", "SQ", "2"),  # Referenced Request Sequence
-    # Unified Procedure Step Progress Information Module: created SCHEDULED (CC.1.1), without an owner.
+    # Progress and Performed Procedure Information Modules: created SCHEDULED (CC.1.1), unowned, nothing done yet.
     Requirement(PROCEDURE_STEP_STATE, "CS", "1", (State.SCHEDULED.value,)),
-    Requirement(TRANSACTION_UID, "UI", "-"),
+    Requirement(TRANSACTION_UID, "UI", "E"),
+    Requirement(PROGRESS_INFORMATION_SEQUENCE, "SQ", "E"),
+    Requirement("00741216", "SQ", "E"),  # Unified Procedure Step Performed Procedure Sequence
 )
+_RELATIONSHIP = "the Unified Procedure Step Relationship Module is set at creation only"
 # Attributes an N-SET may not touch (Table CC.2.5-3, N-SET column "Not allowed"; CC.2.6.3): the identity of
-# the instance, its state and its lock (changed only by Change State, PS3.4 CC.2.1), and what the SCP keeps.
+# the instance, its state and its lock (changed only by Change State, PS3.4 CC.2.1), and whom it is for.
 NOT_UPDATABLE = {
     SOP_CLASS_UID: "the SOP Class of a workitem is fixed",
     SOP_INSTANCE_UID: "the Workitem UID is fixed",
     PROCEDURE_STEP_STATE: "change the state with PUT /workitems/{workitem}/state (PS3.18 11.7)",
     TRANSACTION_UID: "the Transaction UID goes in the query string (PS3.18 11.6.1), never in the dataset",
-    SCHEDULED_MODIFICATION_DATE_TIME: "the service sets it on every update",
+    **dict.fromkeys(
+        ("00100010", "00100020", "00100030", "00100040", "00380010", "00380014", "00081080", "00081084", "0040A370", "00741224"),
+        _RELATIONSHIP,
+    ),
 }
+DEFAULT_WORKLIST_LABEL = "DEFAULT"  # WorklistLabel is 2/1: when the SCU leaves it empty, the SCP fills it in
 
 
 def check_create(dataset: dict, uid: str | None) -> str:
@@ -209,8 +225,8 @@ def check_create(dataset: dict, uid: str | None) -> str:
 def _requirement_problems(dataset: dict, requirement: Requirement) -> list[str]:
     name = describe(requirement.tag)
     element = dataset.get(requirement.tag)
-    if requirement.type == "-":
-        return [f"{name} is not allowed"] if element is not None else []
+    if requirement.type == "E":
+        return [f"{name} must be empty when a workitem is created"] if element and element.get("Value") else []
     if element is None:
         return [f"{name} is missing (type {requirement.type})"]
     if element["vr"] != requirement.vr:
@@ -246,7 +262,8 @@ def check_update(changes: dict, merged: dict) -> None:
     """WorkitemProblem naming each attribute an N-SET may not change or leaves invalid (PS3.4 CC.2.6)."""
     problems = [f"{describe(tag)} cannot be updated: {why}" for tag, why in NOT_UPDATABLE.items() if tag in changes]
     for requirement in CREATE_REQUIREMENTS:
-        if requirement.tag in changes and requirement.tag not in NOT_UPDATABLE:
+        # What a new workitem must leave empty is what its owner fills in later.
+        if requirement.tag in changes and requirement.tag not in NOT_UPDATABLE and requirement.type != "E":
             problems += _requirement_problems(merged, requirement)
     problems += _index_problems(merged)
     if problems:
@@ -321,6 +338,17 @@ def parse_state(value: object, what: str) -> State:
         ) from None
 
 
+def cancel_progress(information: dict) -> dict:
+    """Request UPS Cancel information as Procedure Step Progress Information (PS3.3 C.30.2): the contact in a
+    Procedure Step Communications URI Sequence item; a reason always, so that the owner finds one (CC.2.2.3)."""
+    progress = {REASON_FOR_CANCELLATION: text_element("LT", "cancellation requested")}
+    progress |= {tag: element for tag, element in information.items() if tag not in (CONTACT_URI, CONTACT_DISPLAY_NAME)}
+    if CONTACT_URI in information:
+        contact = {tag: information[tag] for tag in (CONTACT_URI, CONTACT_DISPLAY_NAME) if tag in information}
+        progress[COMMUNICATIONS_URI_SEQUENCE] = {"vr": "SQ", "Value": [contact]}
+    return progress
+
+
 def with_progress(dataset: dict, information: dict) -> dict:
     """``dataset`` with ``information`` merged into the first item of its Procedure Step Progress Information Sequence."""
     sequence = dataset.get(PROGRESS_INFORMATION_SEQUENCE) or {"vr": "SQ", "Value": []}
@@ -359,7 +387,7 @@ KEYS: tuple[WorkitemKey, ...] = (
     WorkitemKey("ScheduledProcedureStepPriority", ("00741200",), "CS", broad=True),
     WorkitemKey("ScheduledProcedureStepStartDateTime", ("00404005",), "DT"),
     WorkitemKey("ExpectedCompletionDateTime", ("00404011",), "DT"),
-    WorkitemKey("WorklistLabel", ("00741202",), "LO"),
+    WorkitemKey("WorklistLabel", (WORKLIST_LABEL,), "LO"),
     WorkitemKey("ProcedureStepLabel", ("00741204",), "LO"),
     WorkitemKey("InputReadinessState", ("00404041",), "CS", broad=True),
     WorkitemKey("StudyInstanceUID", ("0020000D",), "UI"),

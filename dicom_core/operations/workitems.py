@@ -21,20 +21,22 @@ from dicom_core.dicom.uids import uid_problem
 from dicom_core.dicom.workitem import (
     CANCEL_INFORMATION,
     CANCELLATION_DATE_TIME,
+    DEFAULT_WORKLIST_LABEL,
     KEYS,
     KEYS_BY_NAME,
     MAX_WORKITEM_BYTES,
     PROCEDURE_STEP_STATE,
-    REASON_FOR_CANCELLATION,
     SCHEDULED_MODIFICATION_DATE_TIME,
     SOP_CLASS_UID,
     SOP_INSTANCE_UID,
     SPECIFIC_CHARACTER_SET,
     TRANSACTION_UID,
     UPS_PUSH_SOP_CLASS,
+    WORKLIST_LABEL,
     Outcome,
     State,
     WorkitemProblem,
+    cancel_progress,
     change_state,
     check_create,
     check_update,
@@ -96,10 +98,12 @@ async def create_workitem(services: Services, partition: str, uid: str | None, b
         uid = check_create(dataset, uid)
     except WorkitemProblem as error:
         raise _problem(error) from None
-    dataset = dataset | {
+    # The lock is kept beside the dataset, never in it, so no answer can show it (PS3.4 CC.2.7.3).
+    dataset = {tag: element for tag, element in dataset.items() if tag != TRANSACTION_UID} | {
         SOP_CLASS_UID: text_element("UI", UPS_PUSH_SOP_CLASS),
         SOP_INSTANCE_UID: text_element("UI", uid),
         SCHEDULED_MODIFICATION_DATE_TIME: text_element("DT", _now()),
+        WORKLIST_LABEL: text_element("LO", text_value(dataset, WORKLIST_LABEL) or DEFAULT_WORKLIST_LABEL),
     }
     _check_size(dataset)
     record = WorkitemRecord(partition, uid, State.SCHEDULED, None, dict(sorted(dataset.items())))
@@ -280,10 +284,7 @@ async def request_cancellation(services: Services, partition: str, uid: str, bod
     if others:
         allowed = ", ".join(CANCEL_INFORMATION.values())
         raise BadRequest(f"a cancel request may hold {allowed} (PS3.4 Table CC.2.2-1), not {', '.join(others)}")
-    # The owner reads the request in the workitem, so there is always a reason to read (PS3.4 CC.2.2.3).
-    recorded = {REASON_FOR_CANCELLATION: text_element("LT", "cancellation requested")} | {
-        tag: element for tag, element in information.items() if tag in CANCEL_INFORMATION
-    }
+    recorded = cancel_progress({tag: element for tag, element in information.items() if tag in CANCEL_INFORMATION})
 
     def decide(current: WorkitemRecord) -> Decision:
         outcome = request_cancel(current.state)
