@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import re
@@ -12,8 +13,17 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from dicom_core.dicom.workitem import MAX_WORKITEM_BYTES
+from dicom_core.dicom.workitem import (
+    KEYS_BY_NAME,
+    MAX_WORKITEM_BYTES,
+    WorkitemProblem,
+    check_create,
+    index_values,
+    parse_dataset,
+)
 from tests.server import running_server
 
 JSON = {"Content-Type": "application/dicom+json", "Accept": "application/dicom+json"}
@@ -531,6 +541,51 @@ async def test_search_cost_is_flat_in_the_size_of_the_worklist(client, services)
         "PatientName=TARGET*": (3, 4, 6),
         "SOPInstanceUID=1.2.3": (0, 1, 0),  # a point read
     }
+
+
+# -- hostile input: precise 4xx, never a failure of the service --------------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.data())
+def test_the_workitem_rules_refuse_any_mangled_dataset_by_name(data):
+    original = workitem()
+    dataset = dict(original)
+    for _ in range(data.draw(st.integers(1, 6))):
+        tag = data.draw(st.sampled_from(sorted(original)))
+        change = data.draw(st.sampled_from(["drop", "element", "values", "vr"]))
+        if change == "drop":
+            dataset.pop(tag, None)
+        elif change == "element":
+            dataset[tag] = data.draw(JSON_VALUES)
+        elif change == "values":
+            dataset[tag] = {"vr": original[tag]["vr"], "Value": data.draw(JSON_VALUES)}
+        else:
+            dataset[tag] = {"vr": data.draw(st.sampled_from(["SQ", "PN", "CS", "DT", "X"])), "Value": original[tag].get("Value")}
+    try:
+        shaped = parse_dataset(json.dumps([dataset]).encode())
+    except WorkitemProblem:
+        return  # refused by name before anything else looks at it
+    with contextlib.suppress(WorkitemProblem):
+        check_create(shaped, "1.2.3")
+    # Any dataset of the right shape can be stored (an update merges without re-checking all of it): indexing takes it.
+    index_values(shaped)
+
+
+@settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    names=st.lists(st.sampled_from([*KEYS_BY_NAME, "limit", "offset", "fuzzymatching", "includefield", "x"]), max_size=3),
+    values=st.lists(st.text(alphabet="*?-,\\ ^=.0123456789AZaz%", max_size=12), min_size=3, max_size=3),
+)
+async def test_search_parameters_never_fail_the_service(client, names, values):
+    response = await client.get("/v2/workitems", params=list(zip(names, values, strict=False)))
+    assert response.status_code in (200, 400), response.text
 
 
 # -- the worker example of docs/workitems.md -----------------------------------------------------------------------------

@@ -401,13 +401,29 @@ KEYS: tuple[WorkitemKey, ...] = (
 KEYS_BY_NAME: dict[str, WorkitemKey] = {key.keyword: key for key in KEYS} | {key.hex: key for key in KEYS}
 
 
-def element_at(dataset: dict, key: WorkitemKey) -> dict | None:
-    """The element ``key`` names; for a key inside a sequence, the values of every item as one element (PS3.4 C.2.2.2.6)."""
+def element_at(dataset: dict, key: WorkitemKey) -> dict:
+    """The values ``key`` names as one element of its VR; inside a sequence, those of every item (PS3.4 C.2.2.2.6).
+
+    Values of the wrong JSON type for the key (a number as a name, an object as a code) are left out:
+    they match nothing and are never indexed, whatever a client stored.
+    """
     if len(key.path) == 1:
-        return dataset.get(key.path[0])
-    items = (dataset.get(key.path[0]) or {}).get("Value") or []
-    values = [value for item in items for value in ((item.get(key.path[1]) or {}).get("Value") or [])]
-    return {"vr": key.vr, "Value": values}
+        values = _values(dataset.get(key.path[0]))
+    else:
+        items = [item for item in _values(dataset.get(key.path[0])) if isinstance(item, dict)]
+        values = [value for item in items for value in _values(item.get(key.path[1]))]
+    return {"vr": key.vr, "Value": [value for value in values if _plausible(key.vr, value)]}
+
+
+def _values(element: object) -> list:
+    values = element.get("Value") if isinstance(element, dict) else None
+    return values if isinstance(values, list) else []
+
+
+def _plausible(vr: str, value: object) -> bool:
+    if vr == "PN" and isinstance(value, dict):
+        return all(isinstance(group, str) for group in value.values())
+    return isinstance(value, str)
 
 
 def index_values(dataset: dict) -> list[tuple[str, str]]:
