@@ -13,6 +13,7 @@ from dicom_core.storage.index import Index
 from dicom_core.storage.lake import Lake
 from dicom_core.storage.layout import LakeLayout
 from dicom_core.storage.tables import RequestStatistics
+from dicom_core.storage.workitems import WorkitemStore
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Services:
     deletes: DeleteJournal
     health: HealthStore
     statistics: RequestStatistics
+    workitems: WorkitemStore
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
@@ -46,6 +48,7 @@ class Services:
             DeleteJournal(tables, settings.table_prefix),
             HealthStore(tables, settings.table_prefix),
             statistics,
+            WorkitemStore(tables, settings.table_prefix),
         )
         try:
             await lake.prepare()
@@ -53,6 +56,7 @@ class Services:
             await services.changefeed.prepare()
             await services.deletes.prepare()
             await services.health.prepare()
+            await services.workitems.prepare()
         except BaseException:
             await services.close()
             raise

@@ -134,7 +134,7 @@ def _split_list(value: str) -> list[str]:
     return [item.strip() for item in re.split(r"[\\,]", value)]
 
 
-def _constraint(key: MatchingKey, value: str, fuzzy: bool) -> Constraint | None:
+def constraint_for(key: MatchingKey, value: str, fuzzy: bool) -> Constraint | None:
     """The constraint of ``key=value``, or None when the value asks only to return the attribute."""
     if value.strip() in ("", "*"):
         return None  # PS3.4 C.2.2.2.3: universal matching
@@ -220,7 +220,7 @@ def parse_query(
     returned: set[int] = set()
     for key, value in keyed:
         returned.add(key.tag)
-        constraint = _constraint(key, value, fuzzy)
+        constraint = constraint_for(key, value, fuzzy)
         if constraint is not None:
             constraints.append(constraint)
     for uid, keyword in ((study, "StudyInstanceUID"), (series, "SeriesInstanceUID")):

@@ -126,12 +126,17 @@ async def search(services: Services, request: SearchRequest) -> SearchResult:
     page = rows[query.offset : query.offset + query.limit]
     warning = None
     if len(rows) > query.offset + query.limit:
-        cap = f" (at most {query.limit} per request: DICOM_MAX_SEARCH_RESULTS)" if query.limit_capped else ""
-        warning = (
-            f'299 {WARNING_AGENT} "The number of results exceeded the limit{cap}. Additional results can be '
-            f'requested with offset={query.offset + query.limit}."'
-        )
+        warning = more_results_warning(query.offset, query.limit, query.limit_capped)
     return SearchResult([searcher.render(row, request.base_url) for row in page], warning)
+
+
+def more_results_warning(offset: int, limit: int, capped: bool) -> str:
+    """The Warning header of a page that is not the last (PS3.18 8.3.4.4); ``capped``: the limit asked for was cut."""
+    cap = f" (at most {limit} per request: DICOM_MAX_SEARCH_RESULTS)" if capped else ""
+    return (
+        f'299 {WARNING_AGENT} "The number of results exceeded the limit{cap}. Additional results can be '
+        f'requested with offset={offset + limit}."'
+    )
 
 
 def _own_uid(constraint: Constraint, level: Level) -> bool:

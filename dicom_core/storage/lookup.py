@@ -105,10 +105,10 @@ def parse_row_key(row_key: str) -> tuple[str, bool, tuple[str, ...]]:
 
 
 class Lookup(Table):
-    """The ``{prefix}lookup`` table."""
+    """The ``{prefix}lookup`` table (or another table of lookup entries: ``name``)."""
 
-    def __init__(self, service: TableServiceClient, table_prefix: str) -> None:
-        super().__init__(service, f"{table_prefix}lookup")
+    def __init__(self, service: TableServiceClient, table_prefix: str, name: str = "lookup") -> None:
+        super().__init__(service, f"{table_prefix}{name}")
 
     async def put(self, entries: Iterable[tuple[str, str]]) -> None:
         """Upsert entries: one transaction per PartitionKey and 100 entries, all partitions at once."""
@@ -127,6 +127,14 @@ class Lookup(Table):
             return
         operations = [("upsert", {"PartitionKey": pk, "RowKey": rk}, {"mode": UpdateMode.REPLACE}) for rk in row_keys]
         await self.client.submit_transaction(operations)
+
+    async def remove(self, entries: Iterable[tuple[str, str]]) -> None:
+        """Delete entries (no error for those already gone), all at once."""
+
+        async def delete(pk: str, rk: str) -> None:
+            await self.client.delete_entity(pk, rk)
+
+        await asyncio.gather(*(delete(pk, rk) for pk, rk in dict.fromkeys(entries)))
 
     async def scan(self, pk: str, value_range: ValueRange, page_size: int) -> AsyncIterator[str]:
         """The RowKeys of one partition whose values are in ``value_range``, in RowKey order."""
