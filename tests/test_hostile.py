@@ -7,6 +7,7 @@ import struct
 import zlib
 
 import pydicom
+from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import generate_uid
@@ -147,3 +148,56 @@ async def test_a_valid_instance_next_to_hostile_ones_is_stored(client, services)
     stored = [f.path async for f in services.lake.list("")]
     assert len(stored) == 2
     assert any(path.endswith(f"/{dataset.SeriesInstanceUID}/{dataset.SOPInstanceUID}.dcm") for path in stored)
+
+
+async def _stored_ct(client) -> str:
+    """The URL of a stored 128 x 128 CT instance."""
+    data = new_instance()
+    body, boundary = multipart([data])
+    assert (await client.post("/v2/studies", content=body, headers=stow_headers(boundary))).status_code == 200
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    return f"/v2/studies/{dataset.StudyInstanceUID}/series/{dataset.SeriesInstanceUID}/instances/{dataset.SOPInstanceUID}"
+
+
+def _image_size(response) -> tuple[int, int]:
+    assert response.status_code == 200, response.text
+    return Image.open(io.BytesIO(response.content)).size
+
+
+async def test_a_viewport_beyond_the_rendered_pixel_limit_is_a_400_naming_it(client):
+    url = await _stored_ct(client)
+    for path in ("/rendered", "/frames/1/rendered", "/thumbnail"):
+        for viewport in ("100000,100000", "1" + "0" * 60 + ",1" + "0" * 60):
+            response = await client.get(f"{url}{path}?viewport={viewport}")
+            assert response.status_code == 400, (path, viewport)
+            assert "DICOM_MAX_RENDERED_PIXELS" in response.json()["message"]
+    assert _image_size(await client.get(f"{url}/rendered?viewport=4096,4096")) == (4096, 4096)  # the default limit
+
+
+async def test_a_source_region_beyond_the_frame_is_clipped_not_padded(client):
+    url = await _stored_ct(client)
+    # Pillow's crop of this region was a 10-gigapixel image: DecompressionBombError, a 500.
+    assert _image_size(await client.get(f"{url}/rendered?viewport=64,64,0,0,100000,100000")) == (64, 64)
+    assert _image_size(await client.get(f"{url}/rendered?viewport=100,100,64,96,100000,100000")) == (100, 50)
+    outside = await client.get(f"{url}/rendered?viewport=64,64,128,0,10,10")
+    assert outside.status_code == 400
+    assert "outside the 128 x 128 frame" in outside.json()["message"]
+
+
+async def test_a_frame_larger_than_the_limit_needs_a_viewport(client, with_limits):
+    url = await _stored_ct(client)
+    with_limits(max_rendered_pixels=100 * 100)
+    response = await client.get(f"{url}/rendered")
+    assert response.status_code == 400
+    assert "128 x 128 pixels" in response.json()["message"]
+    assert "DICOM_MAX_RENDERED_PIXELS" in response.json()["message"]
+    assert _image_size(await client.get(f"{url}/rendered?viewport=100,100")) == (100, 100)
+    assert _image_size(await client.get(f"{url}/thumbnail?viewport=50,50")) == (50, 50)
+
+
+async def test_a_jpeg_wider_than_libjpeg_allows_is_a_400(client, with_limits):
+    url = await _stored_ct(client)
+    with_limits(max_rendered_pixels=10**8)
+    response = await client.get(f"{url}/rendered?viewport=70000,547,0,0,128,1", headers={"Accept": "image/jpeg"})
+    assert response.status_code == 400
+    assert "65500" in response.json()["message"]

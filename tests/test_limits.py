@@ -50,6 +50,7 @@ def test_every_limit_is_read_from_its_setting():
         "DICOM_REQUEST_TIMEOUT_SECONDS": "17",
         "DICOM_MAX_SEARCH_RESULTS": "18",
         "DICOM_MAX_FRAMES_PER_REQUEST": "19",
+        "DICOM_MAX_RENDERED_PIXELS": "20",
     }
     limits = Settings.from_environment(environment).limits
     assert (
@@ -63,7 +64,8 @@ def test_every_limit_is_read_from_its_setting():
         limits.request_timeout_seconds,
         limits.max_search_results,
         limits.max_frames_per_request,
-    ) == (11, 12, 13, 2, 14, 15, 16, 17, 18, 19)
+        limits.max_rendered_pixels,
+    ) == (11, 12, 13, 2, 14, 15, 16, 17, 18, 19, 20)
     assert Limits() == Settings.from_environment({}).limits
 
 

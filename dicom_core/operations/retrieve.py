@@ -47,7 +47,7 @@ from dicom_core.dicom.frames import (
 )
 from dicom_core.dicom.json_model import instance_json
 from dicom_core.dicom.parse import pydicom_lock
-from dicom_core.dicom.rendering import RenderOptions, Viewport, render
+from dicom_core.dicom.rendering import RenderingRefused, RenderOptions, Viewport, render
 from dicom_core.dicom.transcode import can_transcode, to_explicit_vr_little_endian
 from dicom_core.errors import BadRequest, Conflict, NotAcceptable, NotFound
 from dicom_core.services import Services
@@ -428,7 +428,9 @@ async def retrieve_rendered(services: Services, instance: StoredInstance, frame_
         )
         pixels = await asyncio.to_thread(decode_frame, header, instance.transfer_syntax, frame)
     try:
-        return await asyncio.to_thread(render, header, pixels, options)
+        return await asyncio.to_thread(render, header, pixels, options, services.settings.limits.max_rendered_pixels)
+    except RenderingRefused as error:
+        raise BadRequest(str(error)) from None
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         raise NotAcceptable(
             f"instance {instance.key.sop} cannot be rendered as {options.media_type} ({type(error).__name__}: {error})"
