@@ -9,6 +9,7 @@ import zlib
 import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import generate_uid
 
@@ -61,8 +62,8 @@ async def test_declared_length_beyond_the_body_is_refused(client, services):
     assert await nothing_stored(services)
 
 
-def _deflated_instance(zero_bytes: int) -> bytes:
-    """A Deflated Explicit VR Little Endian file whose data set inflates to over ``zero_bytes``."""
+def _deflated_instance(zero_bytes: int, elements: bytes = b"") -> bytes:
+    """A Deflated Explicit VR Little Endian file whose data set inflates to over ``zero_bytes``, ``elements`` included."""
     dataset = Dataset()
     dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
     dataset.SOPInstanceUID = generate_uid()
@@ -75,10 +76,11 @@ def _deflated_instance(zero_bytes: int) -> bytes:
     header = buffer.getvalue()
     big = b"\x09\x00\x10\x10OB\x00\x00" + struct.pack("<L", zero_bytes)  # a private OB of zeros
     compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    deflated = compressor.compress(header + big)
+    deflated = compressor.compress(header + elements + big)
     chunk = bytes(1024 * 1024)
     for _ in range(zero_bytes // len(chunk)):
         deflated += compressor.compress(chunk)
+    deflated += compressor.compress(bytes(zero_bytes % len(chunk)))
     deflated += compressor.flush()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = dataset.SOPClassUID
@@ -104,11 +106,19 @@ async def test_small_deflated_instance_is_stored(client, services):
     assert response.status_code == 200, response.text
 
 
+def _many_items(items: int) -> bytes:
+    """ReferencedSeriesSequence (0008,1115) of undefined length holding ``items`` empty items."""
+    sequence = b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff"
+    return sequence + b"\xfe\xff\x00\xe0\x00\x00\x00\x00" * items + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
 def _many_items_instance(items: int) -> bytes:
-    data = minimal_instance()
-    sequence = b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff"  # ReferencedSeriesSequence, undefined length
-    sequence += b"\xfe\xff\x00\xe0\x00\x00\x00\x00" * items + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
-    return data + sequence
+    return minimal_instance() + _many_items(items)
+
+
+def _private_elements(count: int) -> bytes:
+    """``count`` empty private LO elements (7FE1,1010), as a writer could put after the Pixel Data."""
+    return b"\xe1\x7f\x10\x10LO\x00\x00" * count
 
 
 async def test_sequence_with_millions_of_items_is_refused(client, services, with_limits):
@@ -201,3 +211,38 @@ async def test_a_jpeg_wider_than_libjpeg_allows_is_a_400(client, with_limits):
     response = await client.get(f"{url}/rendered?viewport=70000,547,0,0,128,1", headers={"Accept": "image/jpeg"})
     assert response.status_code == 400
     assert "65500" in response.json()["message"]
+
+
+async def test_elements_after_the_pixel_data_count_towards_the_limit(client, services, with_limits):
+    with_limits(max_elements=10_000)
+    native = new_instance()  # CT_small: native Pixel Data, the last element
+    encapsulated = new_instance(template="SC_rgb_jpeg_dcmtk.dcm")
+    for data in (native, encapsulated):
+        assert "PixelData" in pydicom.dcmread(io.BytesIO(data))  # the elements below come after it
+        response = await post_parts(client, [data + _private_elements(20_000)])
+        assert response.status_code == 409
+        assert "DICOM_MAX_ELEMENTS" in failed_messages(response)[0]
+    assert await nothing_stored(services)
+    response = await post_parts(client, [native + _private_elements(100), encapsulated + _private_elements(100)])
+    assert response.status_code == 200, response.text
+
+
+async def test_a_deflated_data_set_counts_its_elements_before_pydicom_inflates_it(client, services, with_limits):
+    with_limits(max_elements=10_000)
+    response = await post_parts(client, [_deflated_instance(0, _many_items(50_000))])
+    assert response.status_code == 409
+    assert "DICOM_MAX_ELEMENTS" in failed_messages(response)[0]
+    assert await nothing_stored(services)
+    assert (await post_parts(client, [_deflated_instance(0, _many_items(100))])).status_code == 200
+
+
+async def test_encapsulated_pixel_data_inside_a_sequence_item_is_walked_as_fragments(client):
+    icon = Dataset()
+    icon.Rows, icon.Columns, icon.SamplesPerPixel, icon.BitsAllocated = 8, 8, 1, 8
+    icon.PixelData = encapsulate([bytes(64), bytes(7)])
+    icon["PixelData"].VR = "OB"
+    icon["PixelData"].is_undefined_length = True
+    data = new_instance(template="SC_rgb_jpeg_dcmtk.dcm", IconImageSequence=[icon])
+    assert b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff" in data[: data.rindex(b"\xe0\x7f\x10\x00")]
+    response = await post_parts(client, [data])
+    assert response.status_code == 200, response.text
