@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import os
+import socket
 import struct
+import time
 import zlib
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pydicom
 from PIL import Image
@@ -14,6 +22,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.uid import generate_uid
 
 from tests.dicom_files import minimal_instance, multipart, new_instance, stow_headers
+from tests.server import running_server
 
 
 async def post_parts(client, parts):
@@ -246,3 +255,52 @@ async def test_encapsulated_pixel_data_inside_a_sequence_item_is_walked_as_fragm
     assert b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff" in data[: data.rindex(b"\xe0\x7f\x10\x00")]
     response = await post_parts(client, [data])
     assert response.status_code == 200, response.text
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within 30 s")
+        time.sleep(0.1)
+
+
+def _deleted_files_open(pid: int) -> int:
+    """Files the process holds open that have no name any more: its spooled temporary files on disk."""
+    count = 0
+    for descriptor in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # closed while listing
+            count += os.readlink(descriptor).endswith("(deleted)")
+    return count
+
+
+def _audit_events(log: Path) -> list[dict]:
+    return [json.loads(line.split("AUDIT ", 1)[1]) for line in log.read_text().splitlines() if "AUDIT " in line]
+
+
+async def test_a_client_that_disconnects_mid_body_is_audited_as_such_and_leaves_nothing(settings, services, tmp_path):
+    size = 4 * 1024 * 1024  # over the 1 MiB a part is held in memory: half of it is on disk when the client goes
+    instance = minimal_instance() + b"\x09\x00\x10\x10OB\x00\x00" + struct.pack("<L", size) + bytes(size)
+    body, boundary = multipart([instance])
+    log = tmp_path / "server.log"
+    with running_server(settings, log) as (url, process):
+        address = urlsplit(url)
+        baseline = _deleted_files_open(process.pid)
+        head = (
+            f"POST /v2/studies HTTP/1.1\r\nHost: {address.netloc}\r\n"
+            f"Content-Type: {stow_headers(boundary)['Content-Type']}\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        with socket.create_connection((address.hostname, address.port)) as connection:
+            connection.sendall(head.encode() + body[: len(body) // 2])
+            _wait_for(lambda: _deleted_files_open(process.pid) > baseline, "spooling the part to disk")
+        _wait_for(lambda: any(event["status"] == 499 for event in _audit_events(log)), "the audit event")
+        assert _deleted_files_open(process.pid) == baseline
+        study = pydicom.dcmread(io.BytesIO(instance)).StudyInstanceUID
+        assert await services.index.get_study("Microsoft.Default", study) is None
+    [event] = _audit_events(log)
+    assert (event["operation"], event["status"], event["outcome"]) == ("store_instances", 499, "client-disconnected")
+    text = log.read_text()
+    assert "incident" not in text and "Traceback" not in text and " ERROR " not in text
+    assert "the client closed the connection before sending the whole request body" in text
+    stored = [f.path async for f in services.lake.list("")]
+    assert [path for path in stored if not path.startswith(services.layout.health_folder)] == []  # the server's health file

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 
 from starlette.requests import Request
 
+from dicom_core.http.errors import CLIENT_CLOSED_REQUEST
+
 logger = logging.getLogger("dicom_core.audit")
 
 _UID_PARAMETERS = {"study": "study", "series": "series", "instance": "instance", "sop": "instance"}
@@ -32,7 +34,7 @@ def audit_event(request: Request, operation: str, who: str, status: int, started
         "who": who,
         "partition": request.path_params.get("partition", "Microsoft.Default"),
         "status": status,
-        "outcome": "success" if status < 400 else "failure",
+        "outcome": _outcome(status),
         "durationMs": round((time.perf_counter() - started) * 1000, 1),
     }
     for parameter, name in _UID_PARAMETERS.items():
@@ -41,6 +43,12 @@ def audit_event(request: Request, operation: str, who: str, status: int, started
     if request.query_params:
         event["queryKeys"] = sorted({key[:64] for key in request.query_params})
     return event
+
+
+def _outcome(status: int) -> str:
+    if status == CLIENT_CLOSED_REQUEST:
+        return "client-disconnected"  # the client went away mid-request: not a failure of the service
+    return "success" if status < 400 else "failure"
 
 
 def emit(event: dict) -> None:
