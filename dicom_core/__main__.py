@@ -30,6 +30,8 @@ def serve(arguments: argparse.Namespace) -> int:
     import uvicorn
 
     from dicom_core.http.app import create_app
+    from dicom_core.http.local_server import uvicorn_options
+    from dicom_core.settings import Limits
 
     emulator = None
     if not _lake_configured():
@@ -55,6 +57,7 @@ def serve(arguments: argparse.Namespace) -> int:
             port=arguments.port,
             log_level=arguments.log_level,
             timeout_graceful_shutdown=5,
+            **uvicorn_options(Limits.from_environment(os.environ)),
         )
     finally:
         if emulator is not None:

@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -304,3 +305,46 @@ async def test_a_client_that_disconnects_mid_body_is_audited_as_such_and_leaves_
     assert "the client closed the connection before sending the whole request body" in text
     stored = [f.path async for f in services.lake.list("")]
     assert [path for path in stored if not path.startswith(services.layout.health_folder)] == []  # the server's health file
+
+
+def _exchange(url: str, head: bytes) -> tuple[int, bytes]:
+    """Send ``head`` (a request without a body) on a raw socket while reading the answer: (status, body)."""
+    address = urlsplit(url)
+    with socket.create_connection((address.hostname, address.port)) as connection:
+
+        def send() -> None:
+            with contextlib.suppress(OSError):  # the server may stop reading once it has answered
+                connection.sendall(head)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+        sender.join()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+def _request_head(url: str, headers: list[tuple[str, str]]) -> bytes:
+    address = urlsplit(url)
+    lines = [f"GET {address.path}/studies/1.2.3 HTTP/1.1", f"Host: {address.netloc}", "Connection: close"]
+    return ("\r\n".join(lines + [f"{name}: {value}" for name, value in headers]) + "\r\n\r\n").encode()
+
+
+def test_oversized_request_heads_get_a_431_naming_the_setting(settings, tmp_path):
+    log = tmp_path / "server.log"
+    with running_server(settings, log, {"DICOM_MAX_HEADER_BYTES": "16384"}) as (url, process):
+        one_huge = [("X-Huge", "a" * 8 * 1024 * 1024)]
+        many = [(f"X-Header-{number}", "value") for number in range(2000)]  # 2000 headers, about 36 KB
+        for headers in (one_huge, many):
+            status, body = _exchange(url, _request_head(url, headers))
+            assert status == 431
+            assert json.loads(body) == {
+                "status": 431,
+                "message": "the request line and header fields are over 16384 bytes (setting DICOM_MAX_HEADER_BYTES)",
+            }
+        under = [("X-Large", "a" * 12 * 1024)]
+        assert _exchange(url, _request_head(url, under))[0] == 404  # served: study 1.2.3 is not stored
+        assert process.poll() is None
+    assert "Traceback" not in log.read_text()

@@ -51,6 +51,7 @@ def test_every_limit_is_read_from_its_setting():
         "DICOM_MAX_SEARCH_RESULTS": "18",
         "DICOM_MAX_FRAMES_PER_REQUEST": "19",
         "DICOM_MAX_RENDERED_PIXELS": "20",
+        "DICOM_MAX_HEADER_BYTES": "21",
     }
     limits = Settings.from_environment(environment).limits
     assert (
@@ -65,7 +66,8 @@ def test_every_limit_is_read_from_its_setting():
         limits.max_search_results,
         limits.max_frames_per_request,
         limits.max_rendered_pixels,
-    ) == (11, 12, 13, 2, 14, 15, 16, 17, 18, 19, 20)
+        limits.max_header_bytes,
+    ) == (11, 12, 13, 2, 14, 15, 16, 17, 18, 19, 20, 21)
     assert Limits() == Settings.from_environment({}).limits
 
 
