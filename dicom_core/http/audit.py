@@ -3,8 +3,9 @@
 Events go to the ``dicom_core.audit`` logger, which the Functions host forwards to
 Application Insights (``traces``). They say who, which operation, which
 partition/study/series/instance (UIDs from the URL), the names of the query keys,
-the outcome and the duration. They never carry patient names, IDs or any query
-value: those identify patients. Query in Application Insights with::
+the outcome (``success``, ``failure``, or ``client-disconnected`` with status 499 when
+the client closed the connection mid-request) and the duration. They never carry
+patient names, IDs or any query value: those identify patients. Query in Application Insights with::
 
     traces | where message startswith "AUDIT " | extend event = parse_json(substring(message, 6))
 """
