@@ -36,6 +36,7 @@ _SHORT_LENGTH_VRS = {
     b"PN", b"SH", b"SL", b"SS", b"ST", b"SV", b"TM", b"UI", b"UL", b"US", b"UV",
 }  # fmt: skip
 _MAX_DEPTH = 32
+_ELEMENT_HEADER = 8  # the shortest: tag, then VR and 2-byte length or a 4-byte length (PS3.5 7.1)
 _INFLATE_CHUNK = 1024 * 1024
 DEFLATED_SYNTAXES = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"}
 
@@ -92,6 +93,8 @@ class _Scan:
         while end is None or self.fp.tell() < end:
             if end is None and not self.fp.peek_available():
                 raise InvalidInstance("the file is truncated inside a sequence item of undefined length")
+            if depth == 0 and end is not None and end - self.fp.tell() < _ELEMENT_HEADER:
+                return  # a few stray bytes after the last element: pydicom stops there too
             tag, vr, length = self.tag_and_length()
             if tag == _ITEM_DELIMITER and end is None:
                 return
