@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
 
 CLIENT_CLOSED_REQUEST = 499
-"""The status recorded (audit, access log) for a request whose client closed the connection before
+"""The status the audit event records for a request whose client closed the connection before
 sending all of it. Not an HTTP status (RFC 9110 has none for it): nginx's "client closed request",
 so that it reads as the client's doing, not a failure of the service. No client ever receives it."""
 
