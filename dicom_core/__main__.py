@@ -42,6 +42,7 @@ def serve(arguments: argparse.Namespace) -> int:
     import uvicorn
 
     from dicom_core.http.app import create_app
+    from dicom_core.http.local_server import uvicorn_options
     from dicom_core.settings import Settings
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -71,6 +72,7 @@ def serve(arguments: argparse.Namespace) -> int:
             port=arguments.port,
             log_level=arguments.log_level,
             timeout_graceful_shutdown=5,
+            **uvicorn_options(settings.limits),
         )
     finally:
         if emulator is not None:

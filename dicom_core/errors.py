@@ -76,3 +76,9 @@ class RequestTimeout(DicomServiceError):
 
 class UriTooLong(DicomServiceError):
     status = 414
+
+
+class RequestHeaderFieldsTooLarge(DicomServiceError):
+    """RFC 6585 section 5: the request line and header fields are larger than the server accepts."""
+
+    status = 431

@@ -425,3 +425,20 @@ async def test_lake_ranged_reads_from_any_offset(client, services):
     assert await services.lake.read(path, 0, 10) == stored[:10]
     assert await services.lake.read(path, 128, 4) == b"DICM"
     assert b"".join([chunk async for chunk in services.lake.stream(path, 0, 300)]) == stored[:300]
+
+
+async def test_a_body_that_fails_after_a_whole_part_closes_that_part(services):
+    from io import BytesIO
+
+    from dicom_core.operations.store import ReceivedPart, StoreRequest, store_instances
+
+    data = new_instance()
+    part = ReceivedPart("application/dicom", BytesIO(data), len(data))
+
+    async def parts():
+        yield part
+        raise ConnectionResetError("the client went away")  # before the store of the part could start
+
+    with pytest.raises(ConnectionResetError):
+        await store_instances(services, StoreRequest("Microsoft.Default", None, False, "http://testserver/v2"), parts())
+    assert part.file.closed

@@ -134,6 +134,7 @@ async def store_instances(services: Services, request: StoreRequest, parts: Asyn
     slots = asyncio.Semaphore(services.settings.limits.store_concurrency)
     entities = _InstanceEntityBatches(services)
     tasks: list[asyncio.Task] = []
+    received: list[ReceivedPart] = []
 
     async def run(part: ReceivedPart) -> InstanceOutcome:
         try:
@@ -148,6 +149,7 @@ async def store_instances(services: Services, request: StoreRequest, parts: Asyn
     try:
         async for part in parts:
             await slots.acquire()  # back-pressure: read the next part only when a slot is free
+            received.append(part)
             tasks.append(asyncio.create_task(run(part)))
         outcomes = list(await asyncio.gather(*tasks))
         await entities.flush_all()
@@ -156,6 +158,8 @@ async def store_instances(services: Services, request: StoreRequest, parts: Asyn
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await entities.cancel()
+        for part in received:
+            part.file.close()  # a task cancelled before it started never ran its own close
         raise
     result = StoreResult(outcomes)
     try:

@@ -6,9 +6,9 @@ import asyncio
 from dataclasses import replace
 
 from dicom_core.dicom.frames import decode_frame, decoded_frame_from_dataset, decodes_from_frame_bytes
-from dicom_core.dicom.rendering import RenderOptions, Viewport, render
+from dicom_core.dicom.rendering import RenderingRefused, RenderOptions, Viewport, render
 from dicom_core.dicom.transcode import can_transcode
-from dicom_core.errors import NotAcceptable, NotFound
+from dicom_core.errors import BadRequest, NotAcceptable, NotFound
 from dicom_core.operations.retrieve.finding import find_instances
 from dicom_core.operations.retrieve.frames import check_frame_numbers
 from dicom_core.operations.retrieve.reading import read_dataset, read_header, read_ranges, require_pixel_data
@@ -39,7 +39,9 @@ async def retrieve_rendered(services: Services, instance: InstanceRecord, frame_
         )
         pixels = await asyncio.to_thread(decode_frame, header, instance.transfer_syntax, frame)
     try:
-        return await asyncio.to_thread(render, header, pixels, options)
+        return await asyncio.to_thread(render, header, pixels, options, services.settings.limits.max_rendered_pixels)
+    except RenderingRefused as error:
+        raise BadRequest(str(error)) from None
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         raise NotAcceptable(
             f"instance {instance.key.sop} cannot be rendered as {options.media_type} ({type(error).__name__}: {error})"
