@@ -121,6 +121,28 @@ def reindex(arguments: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def check(arguments: argparse.Namespace) -> int:
+    """Print every violation of the archive's invariants (operations/check.py); non-zero when there is one."""
+    import asyncio
+
+    from dicom_core.operations.check import check as check_archive
+    from dicom_core.services import Services
+    from dicom_core.settings import Settings
+
+    async def run() -> int:
+        services = await Services.open(Settings.from_environment())
+        try:
+            violations = await check_archive(services)
+        finally:
+            await services.close()
+        for violation in violations:
+            print(violation)
+        print(f"check: {len(violations)} violation(s)" + ("; `python -m dicom_core reindex` repairs them" if violations else ""))
+        return 1 if violations else 0
+
+    return asyncio.run(run())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m dicom_core",
@@ -155,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reindex_parser.add_argument("--partition", help="only this partition (default: all)")
     reindex_parser.set_defaults(run=reindex)
+    check_parser = commands.add_parser(
+        "check",
+        help="verify the archive's invariants (lake, index, change feed)",
+        description=(
+            "Read the lake, the index and the change feed and report every violation of the invariants in "
+            "docs/reliability.md, one line each with its path; exit 1 when there is any. Read-only."
+        ),
+    )
+    check_parser.set_defaults(run=check)
     upload_cli.add_parser(commands)
     return parser
 

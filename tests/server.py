@@ -18,14 +18,14 @@ from tests.environments import server_environment
 
 @contextmanager
 def running_server(
-    settings: Settings, log: Path, extra_env: dict[str, str] | None = None
+    settings: Settings, log: Path, extra_env: dict[str, str] | None = None, module: str = "dicom_core"
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Start the server on a free port; yield its /v2 URL and process; stop it after."""
+    """Start the server (``python -m {module} serve``) on a free port; yield its /v2 URL and process; stop it after."""
     port = free_port()
     environment = server_environment(settings) | (extra_env or {})
     with open(log, "ab") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dicom_core", "serve", "--port", str(port), "--log-level", "warning"],
+            [sys.executable, "-m", module, "serve", "--port", str(port), "--log-level", "warning"],
             cwd=REPOSITORY_ROOT,
             env=environment,
             stdout=output,

@@ -69,6 +69,16 @@ class Change:
 
 
 @dataclass(frozen=True)
+class Pointer:
+    """The latest announced version of one instance: its entry's sequence and file ETag, or its deletion."""
+
+    key: InstanceKey
+    latest: int
+    file_etag: str
+    deleted: bool
+
+
+@dataclass(frozen=True)
 class FeedEntry:
     sequence: int
     key: InstanceKey
@@ -157,6 +167,21 @@ class ChangeFeedStore(Table):
             return await self.client.get_entity(FEED_PARTITION, row_key)
         except ResourceNotFoundError:
             return None
+
+    async def snapshot(self) -> tuple[int, list[FeedEntry], list[Pointer]]:
+        """The counter, every entry and every pointer: the whole feed, for the consistency checker only."""
+        last, entries, pointers = 0, [], []
+        async for entity in self.client.query_entities("PartitionKey eq @pk", parameters={"pk": FEED_PARTITION}):
+            row_key = entity["RowKey"]
+            if row_key == COUNTER:
+                last = int(entity["Last"])
+            elif row_key.startswith("e"):
+                entries.append(_entry(entity))
+            else:
+                partition, study, series, sop = row_key[1:].split("|")
+                key = InstanceKey(partition, study, series, sop)
+                pointers.append(Pointer(key, int(entity["Latest"]), entity["FileETag"], bool(entity["Deleted"])))
+        return last, entries, pointers
 
     async def latest(self) -> FeedEntry | None:
         """The entry with the highest sequence, or None when the feed is empty."""

@@ -262,6 +262,12 @@ class Index:
         async for entity in entities:
             yield _instance_record(entity)
 
+    async def all_of(self, level: Level) -> AsyncIterator[LevelRecord]:
+        """Every study or series record of every partition; for the consistency checker and reindex only."""
+        decode = _DECODERS[level]
+        async for entity in self._tables[level].list_entities(results_per_page=_PAGE):
+            yield decode(entity)
+
     async def delete_instance(self, key: InstanceKey) -> None:
         """Remove one instance entity (no error when it is gone already)."""
         await self._instances.client.delete_entity(*instance_keys(key))
