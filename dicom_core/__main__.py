@@ -110,8 +110,9 @@ def reindex(arguments: argparse.Namespace) -> int:
             await services.close()
         counts = summary.counts
         print(
-            f"reindex: {len(files)} files; added {counts['added']}, fixed {counts['refreshed'] + counts['removed']} "
-            f"(refreshed {counts['refreshed']}, removed {counts['removed']}), unchanged {counts['unchanged']}, "
+            f"reindex: {len(files)} files; added {counts['added']}, refreshed {counts['refreshed']}, "
+            f"removed {counts['removed']} entries without a file, finished {summary.deletes_finished} interrupted "
+            f"deletes, recounted {summary.studies_recounted} studies, unchanged {counts['unchanged']}, "
             f"rejected {len(summary.rejected)}, failed {len(summary.failed)}"
         )
         for path, reason in summary.rejected:
