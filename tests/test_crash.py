@@ -175,19 +175,16 @@ def report(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("recovery", ["retry", "reindex"])
-async def test_a_killed_store_is_repaired_by_a_retry_or_a_reindex(azurite_server, tmp_path, recovery):
-    specs = kill_points(STORE_METHODS, POINTS, f"store-{recovery}")
-    outcomes = [await run_store(azurite_server, tmp_path, spec, recovery) for spec in specs]
-    assert all(not outcome.violations for outcome in outcomes), report(outcomes)
+SCENARIOS = {"store": (run_store, STORE_METHODS), "delete": (run_delete, DELETE_METHODS)}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recovery", ["retry", "reindex"])
-async def test_a_killed_delete_is_finished_by_a_retry_or_a_reindex(azurite_server, tmp_path, recovery):
-    specs = kill_points(DELETE_METHODS, POINTS, f"delete-{recovery}")
-    outcomes = [await run_delete(azurite_server, tmp_path, spec, recovery) for spec in specs]
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+async def test_a_killed_store_or_delete_is_repaired_by_a_retry_or_a_reindex(azurite_server, tmp_path, scenario, recovery):
+    run, methods = SCENARIOS[scenario]
+    specs = kill_points(methods, POINTS, f"{scenario}-{recovery}")
+    outcomes = [await run(azurite_server, tmp_path, spec, recovery) for spec in specs]
     assert all(not outcome.violations for outcome in outcomes), report(outcomes)
 
 
