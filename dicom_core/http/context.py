@@ -11,7 +11,7 @@ import asyncio
 
 from starlette.requests import Request
 
-from dicom_core.dicom.uids import is_valid_partition, uid_problem
+from dicom_core.dicom.uids import partition_problem, uid_problem
 from dicom_core.errors import BadRequest
 from dicom_core.services import Services
 from dicom_core.settings import DEFAULT_PARTITION, Settings
@@ -42,8 +42,9 @@ def partition_of(request: Request) -> str:
     partition = request.path_params.get("partition")
     if partition is None:
         return DEFAULT_PARTITION
-    if not is_valid_partition(partition):
-        raise BadRequest(f"partition name {partition[:80]!r} is invalid: use 1-64 letters, digits, '.', '-' or '_'")
+    problem = partition_problem(partition)
+    if problem:
+        raise BadRequest(f"partition name {partition[:80]!r} is invalid: {problem}")
     return partition
 
 
