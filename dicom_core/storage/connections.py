@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.pipeline.transport import AioHttpTransport
 from azure.data.tables.aio import TableServiceClient
 from azure.storage.blob.aio import BlobServiceClient
@@ -25,7 +26,8 @@ def _transport() -> AioHttpTransport:
     return AioHttpTransport(use_env_settings=proxied)
 
 
-def _credential(connection: Connection):
+def credential(connection: Connection) -> AsyncTokenCredential:
+    """The identity of an identity-based connection: its user-assigned managed identity, else the default chain."""
     # Imported here: azure-identity is only needed for identity-based connections.
     from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 
@@ -58,7 +60,7 @@ def blob_service(connection: Connection) -> BlobServiceClient:
     if not connection.blob_service_uri:
         raise _missing("DicomLake", "blobServiceUri")
     return BlobServiceClient(
-        connection.blob_service_uri, credential=_credential(connection), transport=_transport(), **_TRANSFER_OPTIONS
+        connection.blob_service_uri, credential=credential(connection), transport=_transport(), **_TRANSFER_OPTIONS
     )
 
 
@@ -68,7 +70,7 @@ def datalake_service(connection: Connection) -> DataLakeServiceClient:
     uri = connection.dfs_service_uri or (connection.blob_service_uri or "").replace(".blob.", ".dfs.")
     if not uri:
         raise _missing("DicomLake", "dfsServiceUri")
-    return DataLakeServiceClient(uri, credential=_credential(connection), transport=_transport())
+    return DataLakeServiceClient(uri, credential=credential(connection), transport=_transport())
 
 
 def table_service(connection: Connection) -> TableServiceClient:
@@ -76,4 +78,4 @@ def table_service(connection: Connection) -> TableServiceClient:
         return TableServiceClient.from_connection_string(connection.connection_string, transport=_transport())
     if not connection.table_service_uri:
         raise _missing("DicomIndex", "tableServiceUri")
-    return TableServiceClient(connection.table_service_uri, credential=_credential(connection), transport=_transport())
+    return TableServiceClient(connection.table_service_uri, credential=credential(connection), transport=_transport())
