@@ -13,6 +13,7 @@ from starlette.routing import Route as StarletteRoute
 
 from dicom_core.http.errors import error_response
 from dicom_core.http.routes import route_table
+from dicom_core.operations.analytics import run_analytics_sync
 from dicom_core.operations.health import run_health_checks
 from dicom_core.services import Services
 from dicom_core.settings import Settings
@@ -32,13 +33,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.services = await Services.open(settings or Settings.from_environment())
-        health_timer = asyncio.create_task(run_health_checks(app.state.services))
+        timers = [
+            asyncio.create_task(run_health_checks(app.state.services)),
+            asyncio.create_task(run_analytics_sync(app.state.services)),
+        ]
         try:
             yield
         finally:
-            health_timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await health_timer
+            for timer in timers:
+                timer.cancel()
+            for timer in timers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await timer
             await app.state.services.close()
 
     routes = [StarletteRoute(route.path, route.endpoint, methods=list(route.methods), name=route.name) for route in route_table()]
