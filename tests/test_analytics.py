@@ -15,6 +15,7 @@ import httpx
 import polars as pl
 import pydicom
 import pytest
+from azure.storage.blob import BlobServiceClient as SyncBlobServiceClient
 from azure.storage.blob.aio import BlobLeaseClient, BlobServiceClient
 from deltalake import DeltaTable
 
@@ -283,3 +284,7 @@ def test_the_running_server_catches_up_by_itself(settings, tmp_path):
             time.sleep(0.5)
     cohort = frame.filter((pl.col("modality") == "CT") & (pl.col("sliceThickness") <= 1.25))
     assert sorted(cohort["sopInstanceUid"]) == sorted(uids(part)[2] for part in parts)
+    stored = {uids(part)[2]: preamble_zeroed(part) for part in parts}
+    with SyncBlobServiceClient.from_connection_string(settings.lake.connection_string) as blobs:
+        for sop, path in cohort.select("sopInstanceUid", "filePath").iter_rows():
+            assert blobs.get_blob_client(settings.file_system, path).download_blob().readall() == stored[sop]

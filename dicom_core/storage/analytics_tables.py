@@ -101,13 +101,14 @@ async def delta_location(connection: Connection, file_system: str, folder: str, 
     folder = folder.strip("/")
     if connection.connection_string:
         values = _connection_values(connection.connection_string)
-        account = values["accountname"]
+        endpoint = values.get("blobendpoint")
+        # A SAS connection string may name only its endpoint: the account is the host's first label.
+        account = values.get("accountname") or (urlparse(endpoint or "").hostname or "").partition(".")[0]
         options = {"account_name": account}
         if values.get("accountkey"):
             options["account_key"] = values["accountkey"]
         if values.get("sharedaccesssignature"):
             options["sas_key"] = values["sharedaccesssignature"]
-        endpoint = values.get("blobendpoint")
         suffix = values.get("endpointsuffix", "core.windows.net")
     else:
         parsed = urlparse(connection.blob_service_uri or connection.dfs_service_uri or "")
