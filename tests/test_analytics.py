@@ -38,6 +38,11 @@ async def store(client, parts, method="POST"):
     return response
 
 
+def read(tables, name: str):
+    """A whole table, read back with deltalake."""
+    return DeltaTable(tables.uri(name), storage_options=tables.location.storage_options).to_pyarrow_table()
+
+
 def rows_by_sop(table) -> dict[str, dict]:
     return {row["sopInstanceUid"]: row for row in table.to_pylist()}
 
@@ -98,7 +103,7 @@ async def test_every_column_for_pydicom_test_files_read_with_deltalake_and_polar
     assert result.entries == len(files)
     tables = await open_tables(services)
 
-    instances = rows_by_sop(tables.read("instances"))
+    instances = rows_by_sop(read(tables, "instances"))
     assert set(instances) == set(datasets)
     for sop, (dataset, data) in datasets.items():
         row = instances[sop]
@@ -122,15 +127,18 @@ async def test_every_column_for_pydicom_test_files_read_with_deltalake_and_polar
     ct = [sop for sop, (dataset, _) in datasets.items() if dataset.Modality == "CT" and float(dataset.SliceThickness) <= 5]
     assert sorted(cohort["filePath"]) == sorted(instances[sop]["filePath"] for sop in ct)
 
-    studies = tables.read("studies").to_pylist()
+    studies = read(tables, "studies").to_pylist()
     assert {row["studyInstanceUid"] for row in studies} == {dataset.StudyInstanceUID for dataset, _ in datasets.values()}
     for row in studies:
         members = [dataset for dataset, _ in datasets.values() if dataset.StudyInstanceUID == row["studyInstanceUid"]]
         assert row["numberOfStudyRelatedInstances"] == len(members)
         assert row["modalitiesInStudy"] == sorted({dataset.Modality for dataset in members})
-    series = tables.read("series").to_pylist()
+    series = read(tables, "series").to_pylist()
     assert sum(row["numberOfSeriesRelatedInstances"] for row in series) == len(files)
-    assert {tables.protocol(name) for name in ("instances", "series", "studies")} == {(1, 2)}
+    for name in ("instances", "series", "studies"):
+        protocol = DeltaTable(tables.uri(name), storage_options=tables.location.storage_options).protocol()
+        assert (protocol.min_reader_version, protocol.min_writer_version) == (1, 2)
+        assert not protocol.reader_features and not protocol.writer_features
 
 
 async def test_delete_and_put_replace_are_reflected_and_series_and_study_rows_follow(client, services):
@@ -152,13 +160,13 @@ async def test_delete_and_put_replace_are_reflected_and_series_and_study_rows_fo
     assert result.entries == 3  # the update and the two deletes
 
     tables = await open_tables(services)
-    instances = rows_by_sop(tables.read("instances"))
+    instances = rows_by_sop(read(tables, "instances"))
     assert set(instances) == {uids(kept)[2], sop_r}
     assert (instances[sop_r]["seriesDescription"], instances[sop_r]["sliceThickness"]) == ("replaced", 0.625)
-    studies = {row["studyInstanceUid"]: row for row in tables.read("studies").to_pylist()}
+    studies = {row["studyInstanceUid"]: row for row in read(tables, "studies").to_pylist()}
     assert set(studies) == {study, study_r}
     assert (studies[study]["numberOfStudyRelatedInstances"], studies[study]["modalitiesInStudy"]) == (1, ["CT"])
-    series = {row["seriesInstanceUid"] for row in tables.read("series").to_pylist()}
+    series = {row["seriesInstanceUid"] for row in read(tables, "series").to_pylist()}
     assert series == {uids(kept)[1], series_r}
 
 
@@ -171,11 +179,11 @@ async def test_two_syncs_add_nothing_and_a_rebuild_gives_the_same_rows(client, s
     again = await sync(services)
     assert (again.entries, again.position) == (0, 3)
     assert [status.version for status in await tables.status()] == versions
-    before = {name: sorted(row["filePath"] for row in tables.read(name).to_pylist()) for name in ("instances",)}
+    before = {name: sorted(row["filePath"] for row in read(tables, name).to_pylist()) for name in ("instances",)}
 
     rebuilt = await rebuild(services, batch_size=2)
     assert (rebuilt.entries, rebuilt.position, rebuilt.rows["instances"]) == (3, 3, 3)
-    assert sorted(row["filePath"] for row in tables.read("instances").to_pylist()) == before["instances"]
+    assert sorted(row["filePath"] for row in read(tables, "instances").to_pylist()) == before["instances"]
     assert (await tables.applied_sequences()) == {"instances": 3, "series": 3, "studies": 3}
     assert (await sync(services)).entries == 0
 
@@ -206,10 +214,10 @@ async def test_a_kill_at_a_delta_commit_neither_loses_nor_doubles_a_change(
         await BlobLeaseClient(lock).break_lease(lease_break_period=0)  # what its expiry does a minute later
     result = await sync(services)
     assert not result.busy and result.position == 6
-    instances = tables.read("instances").to_pylist()
+    instances = read(tables, "instances").to_pylist()
     assert sorted(row["sopInstanceUid"] for row in instances) == sorted(uids(part)[2] for part in parts[1:])
     for name, count in (("series", 4), ("studies", 4)):
-        assert tables.read(name).num_rows == count
+        assert read(tables, name).num_rows == count
     assert (await tables.applied_sequences()) == {"instances": 6, "series": 6, "studies": 6}
 
 
@@ -288,3 +296,27 @@ def test_the_running_server_catches_up_by_itself(settings, tmp_path):
     with SyncBlobServiceClient.from_connection_string(settings.lake.connection_string) as blobs:
         for sop, path in cohort.select("sopInstanceUid", "filePath").iter_rows():
             assert blobs.get_blob_client(settings.file_system, path).download_blob().readall() == stored[sop]
+
+
+async def test_the_command_line_rebuilds_and_syncs(client, services, settings):
+    parts = [new_instance() for _ in range(3)]
+    await store(client, parts)
+
+    def command(*arguments: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "dicom_core", "analytics", *arguments],
+            cwd=REPOSITORY_ROOT,
+            env=server_environment(settings),
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    assert "3 instances applied (3 instances rows, 3 series rows, 3 studies rows); current to change 3" in command(
+        "rebuild", "--batch-size", "2"
+    )
+    assert "0 changes applied" in command("sync")
+    assert "analytics maintain" in command("maintain")
+    tables = await open_tables(services)
+    assert sorted(read(tables, "instances")["sopInstanceUid"].to_pylist()) == sorted(uids(part)[2] for part in parts)

@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-import pyarrow as pa
 from azure.core.exceptions import HttpResponseError, ResourceExistsError
 from azure.storage.blob.aio import BlobLeaseClient, BlobServiceClient
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
@@ -281,15 +280,6 @@ class AnalyticsTables:
             return statuses
 
         return await asyncio.to_thread(read)
-
-    def protocol(self, name: str) -> tuple[int, int]:
-        """(min reader version, min writer version) of table ``name``."""
-        protocol = DeltaTable(self.uri(name), storage_options=self.location.storage_options).protocol()
-        return protocol.min_reader_version, protocol.min_writer_version
-
-    def read(self, name: str) -> pa.Table:
-        """The whole table (tests, small archives)."""
-        return DeltaTable(self.uri(name), storage_options=self.location.storage_options).to_pyarrow_table()
 
 
 class SyncLease:
