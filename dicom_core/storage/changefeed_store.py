@@ -187,9 +187,7 @@ class ChangeFeedStore:
         low, high = first + offset, min(first + offset + limit, stop)
         if low >= high:
             return []
-        query = "PartitionKey eq @pk and RowKey ge @low and RowKey lt @high"
-        parameters = {"pk": FEED_PARTITION, "low": entry_row_key(low), "high": entry_row_key(high)}
-        return [_entry(entity) async for entity in self.table.query_entities(query, parameters=parameters)]
+        return await self.entries(low, high - 1)
 
     async def _first_at_or_after(self, moment: datetime, last: int) -> int:
         """The lowest sequence whose time is at least ``moment`` (``last + 1`` when none): bisection."""
