@@ -180,11 +180,12 @@ def test_analytics_timers_sync_every_minute_and_maintain_every_hour():
 
 async def test_analytics_timer_applies_the_change_feed(shared_from_environment, client, services):
     from dicom_core.operations.analytics import open_tables
+    from tests.test_analytics import read
 
     body, boundary = multipart([new_instance(), new_instance()])
     assert (await client.post("/v2/studies", content=body, headers=stow_headers(boundary))).status_code == 200
     await FUNCTIONS["analytics_sync_timer"].get_user_function()(None)
     await FUNCTIONS["analytics_maintenance_timer"].get_user_function()(None)
     tables = await open_tables(services)
-    assert tables.read("instances").num_rows == 2
+    assert read(tables, "instances").num_rows == 2
     assert (await tables.applied_sequences())["instances"] == 2
