@@ -6,7 +6,7 @@ Thin by design: it binds triggers to dicom_core.
   names Application Insights shows), using the HTTP streams extension
   (azurefunctions-extensions-http-fastapi) so bodies stream instead of being
   buffered and capped at ~100 MB. Function keys guard every route except the
-  public health check; App Service Authentication adds Entra ID (README, Security).
+  public health check; App Service Authentication adds Entra ID (docs/security.md).
 - A timer every 30 seconds writes and reads back the health file.
 - A timer every minute applies the change feed to the analytics Delta tables, and
   one every hour compacts and vacuums them (operations/analytics.py).
@@ -17,16 +17,20 @@ Thin by design: it binds triggers to dicom_core.
 
 from __future__ import annotations
 
+import asyncio
+
 import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob
 from azurefunctions.extensions.http.fastapi import Request, Response
 
 from dicom_core.events import check_health, path_from_event_subject, path_in_file_system, reconcile_event
 from dicom_core.http.auth import Access
-from dicom_core.http.context import shared_services
+from dicom_core.http.context import provide_services
 from dicom_core.http.errors import Handler
 from dicom_core.http.routes import route_table
 from dicom_core.operations.analytics import maintain, sync
+from dicom_core.services import Services
+from dicom_core.settings import Settings
 from dicom_core.storage.layout import LakeLayout
 
 HEALTH_SCHEDULE = "*/30 * * * * *"  # NCRONTAB with seconds: at :00 and :30 of every minute
@@ -36,9 +40,22 @@ LAKE_CONNECTION = "DicomLake"
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
+_services: Services | None = None
+_services_lock = asyncio.Lock()
+
+
+async def shared_services() -> Services:
+    """This worker's services, opened on first use from the app settings (docs/settings.md)."""
+    global _services
+    async with _services_lock:
+        if _services is None:
+            _services = await Services.open(Settings.from_environment())
+    return _services
+
 
 def _bind(name: str, endpoint: Handler):
     async def handle(req: Request) -> Response:
+        provide_services(req.scope, await shared_services())
         return await endpoint(req)
 
     # The worker indexes functions by their Python name too: give each its route's name.
@@ -55,7 +72,7 @@ for _route in route_table():
     )
 
 
-# The contract folders of the lake file system (design.md), from the app settings.
+# The contract folders of the lake file system (docs/lake-layout.md), from the app settings.
 CONTRACT_BLOB_PATH = "%DICOM_FILESYSTEM%/" + LakeLayout("%DICOM_WORKSPACE%", "%DICOM_SERVICE%").root + "{name}"
 
 

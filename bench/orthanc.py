@@ -1,5 +1,8 @@
 """Start Orthanc with its DICOMweb plugin on loopback, as the peer to measure against.
 
+tests/test_orthanc.py starts the same Orthanc, with ``DicomWeb.Servers`` naming our
+service, to drive the plugin's DICOMweb client against it.
+
 Configuration choices (docs/benchmark.md, "Fairness"): Debian's defaults, made
 explicit where they matter, except for what our local stack does not pay for either:
 
@@ -62,8 +65,12 @@ def ensure_orthanc_installed() -> None:
         raise BenchmarkError(f"apt-get installed {' '.join(PACKAGES)} but Orthanc or {DICOMWEB_PLUGIN} is missing")
 
 
-def configuration(data: Path, http_port: int) -> dict[str, object]:
-    """Orthanc's JSON configuration for one benchmark run (see the module docstring)."""
+def configuration(data: Path, http_port: int, dicomweb_servers: dict[str, object] | None = None) -> dict[str, object]:
+    """Orthanc's JSON configuration for one run (see the module docstring).
+
+    ``dicomweb_servers`` is the plugin's ``DicomWeb.Servers``: the DICOMweb servers its
+    client may call, by name (the benchmark names none).
+    """
     return {
         "Name": "dicom-bench",
         "StorageDirectory": str(data / "storage"),
@@ -80,18 +87,21 @@ def configuration(data: Path, http_port: int) -> dict[str, object]:
         "TcpNoDelay": True,
         "SaveJobs": False,
         "Plugins": [str(DICOMWEB_PLUGIN)],
-        "DicomWeb": {"Enable": True, "Root": DICOMWEB_ROOT, "EnableWado": False},
+        "DicomWeb": {"Enable": True, "Root": DICOMWEB_ROOT, "EnableWado": False, "Servers": dicomweb_servers or {}},
     }
 
 
 @contextmanager
-def running(data: Path) -> Iterator[Server]:
-    """Run a fresh Orthanc keeping its files in ``data``; stop it on exit."""
+def running(data: Path, dicomweb_servers: dict[str, object] | None = None) -> Iterator[Server]:
+    """Run a fresh Orthanc keeping its files in ``data``; stop it on exit.
+
+    ``dicomweb_servers`` goes to ``DicomWeb.Servers`` (see ``configuration``).
+    """
     ensure_orthanc_installed()
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = data / "orthanc.json"
-    config.write_text(json.dumps(configuration(data, port), indent=2))
+    config.write_text(json.dumps(configuration(data, port, dicomweb_servers), indent=2))
     log = data / "orthanc.log"
     with open(log, "ab") as output:
         process = subprocess.Popen(["Orthanc", str(config)], stdout=output, stderr=subprocess.STDOUT)
@@ -105,3 +115,8 @@ def running(data: Path) -> Iterator[Server]:
         yield Server("orthanc", root + DICOMWEB_ROOT.rstrip("/"), version, data)
     finally:
         stop(process)
+
+
+def rest_root(server: Server) -> str:
+    """The root of Orthanc's own REST API (``/instances``, ``/studies``...), which holds the DICOMweb root."""
+    return server.base_url.removesuffix(DICOMWEB_ROOT.rstrip("/"))

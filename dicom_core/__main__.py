@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -25,36 +26,53 @@ def _lake_configured() -> bool:
     return any(name == "DicomLake" or name.startswith("DicomLake__") for name in os.environ)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # uvicorn shuts down on SIGTERM and then raises the signal again for the handler that was
+    # installed before it: this one, so the process exits through ``finally`` blocks (which
+    # stop the emulator) instead of being killed by the default action.
+    raise SystemExit(128 + signum)
+
+
 def serve(arguments: argparse.Namespace) -> int:
-    """Serve the route table with uvicorn; start Azurite first when no lake is configured."""
+    """Serve the route table with uvicorn; start Azurite first when no lake is configured.
+
+    The settings are read once, here, and handed to the app: the emulator's connection
+    string goes into them directly, never through the process environment.
+    """
     import uvicorn
 
     from dicom_core.http.app import create_app
+    from dicom_core.http.local_server import uvicorn_options
+    from dicom_core.settings import Settings
 
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    environment: dict[str, str] = dict(os.environ)
     emulator = None
-    if not _lake_configured():
-        ports = AZURITE_DEFAULT_PORTS if all(map(_port_free, AZURITE_DEFAULT_PORTS)) else (None, None, None)
-        emulator = azurite.start(
-            arguments.azurite_data,
-            blob_port=ports[0],
-            queue_port=ports[1],
-            table_port=ports[2],
-            log_file=arguments.azurite_data / "azurite.log",
-        )
-        os.environ["DICOMLAKE"] = emulator.connection_string
-        print(
-            f"Azurite started (blob port {emulator.blob_port}, table port {emulator.table_port}, "
-            f"data in {arguments.azurite_data})",
-            flush=True,
-        )
-    print(f"DICOMweb service at http://{arguments.host}:{arguments.port}/v2", flush=True)
     try:
+        if not _lake_configured():
+            ports = AZURITE_DEFAULT_PORTS if all(map(_port_free, AZURITE_DEFAULT_PORTS)) else (None, None, None)
+            emulator = azurite.start(
+                arguments.azurite_data,
+                blob_port=ports[0],
+                queue_port=ports[1],
+                table_port=ports[2],
+                log_file=arguments.azurite_data / "azurite.log",
+            )
+            environment["DicomLake"] = emulator.connection_string
+            print(
+                f"Azurite started (blob port {emulator.blob_port}, table port {emulator.table_port}, "
+                f"data in {arguments.azurite_data})",
+                flush=True,
+            )
+        settings = Settings.from_environment(environment)
+        print(f"DICOMweb service at http://{arguments.host}:{arguments.port}/v2", flush=True)
         uvicorn.run(
-            create_app(),
+            create_app(settings),
             host=arguments.host,
             port=arguments.port,
             log_level=arguments.log_level,
             timeout_graceful_shutdown=5,
+            **uvicorn_options(settings.limits),
         )
     finally:
         if emulator is not None:
@@ -92,13 +110,36 @@ def reindex(arguments: argparse.Namespace) -> int:
             await services.close()
         counts = summary.counts
         print(
-            f"reindex: {len(files)} files; added {counts['added']}, fixed {counts['refreshed'] + counts['removed']} "
-            f"(refreshed {counts['refreshed']}, removed {counts['removed']}), unchanged {counts['unchanged']}, "
+            f"reindex: {len(files)} files; added {counts['added']}, refreshed {counts['refreshed']}, "
+            f"removed {counts['removed']} entries without a file, finished {summary.deletes_finished} interrupted "
+            f"deletes, recounted {summary.studies_recounted} studies, unchanged {counts['unchanged']}, "
             f"rejected {len(summary.rejected)}, failed {len(summary.failed)}"
         )
         for path, reason in summary.rejected:
             print(f"  rejected {path}: {reason}")
         return 1 if summary.failed else 0
+
+    return asyncio.run(run())
+
+
+def check(arguments: argparse.Namespace) -> int:
+    """Print every violation of the archive's invariants (operations/check.py); non-zero when there is one."""
+    import asyncio
+
+    from dicom_core.operations.check import check as check_archive
+    from dicom_core.services import Services
+    from dicom_core.settings import Settings
+
+    async def run() -> int:
+        services = await Services.open(Settings.from_environment())
+        try:
+            violations = await check_archive(services)
+        finally:
+            await services.close()
+        for violation in violations:
+            print(violation)
+        print(f"check: {len(violations)} violation(s)" + ("; `python -m dicom_core reindex` repairs them" if violations else ""))
+        return 1 if violations else 0
 
     return asyncio.run(run())
 
@@ -152,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the DICOMweb API locally",
         description=(
             "Serve the DICOMweb API (the same route table as the Azure Functions app) with uvicorn. "
-            "Settings come from the environment (see the README). When DicomLake is not set, Azurite "
+            "Settings come from the environment (docs/settings.md). When DicomLake is not set, Azurite "
             "is started from node_modules with its data in .azurite/, and stopped on Ctrl-C."
         ),
     )
@@ -175,6 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reindex_parser.add_argument("--partition", help="only this partition (default: all)")
     reindex_parser.set_defaults(run=reindex)
+    check_parser = commands.add_parser(
+        "check",
+        help="verify the archive's invariants (lake, index, change feed)",
+        description=(
+            "Read the lake, the index and the change feed and report every violation of the invariants in "
+            "docs/reliability.md, one line each with its path; exit 1 when there is any. Read-only."
+        ),
+    )
+    check_parser.set_defaults(run=check)
     analytics_parser = commands.add_parser(
         "analytics",
         help="sync, rebuild or maintain the analytics Delta tables in the lake",

@@ -12,6 +12,8 @@ from dicom_core.storage.health_store import HealthStore
 from dicom_core.storage.index import Index
 from dicom_core.storage.lake import Lake
 from dicom_core.storage.layout import LakeLayout
+from dicom_core.storage.tables import RequestStatistics
+from dicom_core.storage.workitems import WorkitemStore
 
 
 @dataclass
@@ -23,16 +25,19 @@ class Services:
     changefeed: ChangeFeedStore
     deletes: DeleteJournal
     health: HealthStore
+    statistics: RequestStatistics
+    workitems: WorkitemStore
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
         """Connect to the lake and the index, creating the file system and tables when missing."""
+        statistics = RequestStatistics()
         lake = Lake(
-            connections.blob_service(settings.lake),
-            connections.datalake_service(settings.lake),
+            connections.blob_service(settings.lake, statistics),
+            connections.datalake_service(settings.lake, statistics),
             settings.file_system,
         )
-        tables = connections.table_service(settings.index)
+        tables = connections.table_service(settings.index, statistics)
         index = Index(tables, settings.table_prefix)
         services = cls(
             settings,
@@ -42,6 +47,8 @@ class Services:
             ChangeFeedStore(tables, settings.table_prefix),
             DeleteJournal(tables, settings.table_prefix),
             HealthStore(tables, settings.table_prefix),
+            statistics,
+            WorkitemStore(tables, settings.table_prefix),
         )
         try:
             await lake.prepare()
@@ -49,6 +56,7 @@ class Services:
             await services.changefeed.prepare()
             await services.deletes.prepare()
             await services.health.prepare()
+            await services.workitems.prepare()
         except BaseException:
             await services.close()
             raise

@@ -1,4 +1,4 @@
-"""Service settings, read from the environment (design.md, "Settings").
+"""Service settings, read from the environment (docs/settings.md).
 
 Locally these come from the shell or from ``local.settings.json`` ``Values`` under
 Functions Core Tools; in Azure from the Function App's application settings.
@@ -69,6 +69,10 @@ class Limits:
     max_search_results: int = 1000
     # Most frames one WADO-RS frames request names.
     max_frames_per_request: int = 1000
+    # Pixels of one rendered image or thumbnail (its output width x height).
+    max_rendered_pixels: int = 4096 * 4096
+    # Request line and header fields of one request, on the local server (in Azure the front ends bound them).
+    max_header_bytes: int = 64 * 1024
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str]) -> Limits:
@@ -85,6 +89,8 @@ class Limits:
             request_timeout_seconds=_int(env, "DICOM_REQUEST_TIMEOUT_SECONDS", defaults.request_timeout_seconds),
             max_search_results=_int(env, "DICOM_MAX_SEARCH_RESULTS", defaults.max_search_results),
             max_frames_per_request=_int(env, "DICOM_MAX_FRAMES_PER_REQUEST", defaults.max_frames_per_request),
+            max_rendered_pixels=_int(env, "DICOM_MAX_RENDERED_PIXELS", defaults.max_rendered_pixels),
+            max_header_bytes=_int(env, "DICOM_MAX_HEADER_BYTES", defaults.max_header_bytes),
         )
 
 
@@ -106,7 +112,7 @@ AUTH_MODES = ("none", "appservice", "signed")
 
 @dataclass(frozen=True)
 class Security:
-    """Who may do what (README, Security).
+    """Who may do what (docs/security.md).
 
     ``auth_mode``: ``none`` (no identity checks: local use, or behind function keys only),
     ``appservice`` (App Service Authentication / Entra ID puts the signed-in principal in
@@ -143,7 +149,7 @@ class Security:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting of design.md, with its local default."""
+    """Every setting of docs/settings.md, with its local default."""
 
     lake: Connection = field(default_factory=lambda: Connection(connection_string=DEVELOPMENT_STORAGE))
     index: Connection = field(default_factory=lambda: Connection(connection_string=DEVELOPMENT_STORAGE))

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Install everything the project needs, idempotently: .venv from the pinned requirements, Azurite and
 # playwright-core from npm, and with --test what only the test suite needs: the OHIF Viewer and Debian's
-# Chromium for the browser test, the infra-check tools in .venv-infra.
-# Needs Python 3.11+ and Node.js 20+ with npm; installs them (and chromium) with apt-get when missing and root.
+# Chromium for the browser test, Debian's Orthanc and its DICOMweb plugin for the interoperability test, the
+# infra-check tools in .venv-infra.
+# Needs Python 3.11+ and Node.js 20+ with npm; installs them (and chromium, orthanc) with apt-get when missing
+# and root.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-# --test: also what only the test suite needs (infra checks, the OHIF Viewer, Chromium).
+# --test: also what only the test suite needs (infra checks, the OHIF Viewer, Chromium, Orthanc).
 want_test_tools=0
 for argument in "$@"; do
   [[ "$argument" == "--test" ]] && want_test_tools=1
@@ -77,6 +79,23 @@ if ((want_test_tools)); then
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
     else
       echo "setup: please install Debian's chromium (/usr/bin/chromium) for the OHIF browser test" >&2
+    fi
+  fi
+
+  # Debian's Orthanc and its DICOMweb plugin for tests/test_orthanc.py (the benchmark's peer too).
+  if ! command -v Orthanc >/dev/null || [[ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]]; then
+    if [[ $(id -u) -eq 0 ]]; then
+      echo "setup: installing Debian's orthanc and orthanc-dicomweb"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        orthanc orthanc-dicomweb >/dev/null
+      # On a systemd host the package also starts a system Orthanc (ports 8042, 4242). The tests start their
+      # own on free ports and never use it, so do not leave it running idle. (In containers it never starts:
+      # there is no systemd, and policy-rc.d forbids starting services.)
+      if [[ -d /run/systemd/system ]]; then
+        systemctl disable --now orthanc.service >/dev/null 2>&1 || true
+      fi
+    else
+      echo "setup: please install Debian's orthanc and orthanc-dicomweb for the Orthanc interoperability test" >&2
     fi
   fi
 

@@ -8,9 +8,7 @@ adapters (dicom_core.services.Services).
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import replace
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,9 +17,8 @@ from hypothesis import settings as hypothesis_settings
 from dicom_core.http.app import create_app
 from dicom_core.local import azurite
 from dicom_core.services import Services
-from dicom_core.settings import Connection, Settings
-
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+from dicom_core.settings import Settings
+from tests.environments import isolated_settings
 
 
 @pytest.fixture(scope="session")
@@ -34,16 +31,7 @@ def azurite_server(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def settings(azurite_server) -> Settings:
-    unique = uuid.uuid4().hex[:10]
-    connection = Connection(connection_string=azurite_server.connection_string)
-    return Settings(
-        lake=connection,
-        index=connection,
-        file_system=f"t{unique}",
-        workspace="testws",
-        service="testsvc",
-        table_prefix=f"t{unique}",
-    )
+    return isolated_settings(azurite_server.connection_string)
 
 
 @pytest.fixture
@@ -56,8 +44,7 @@ async def services(settings: Settings):
 @pytest.fixture
 async def client(services: Services):
     """An HTTP client of the app, in process, sharing the test's services."""
-    app = create_app(services.settings)
-    app.state.services = services
+    app = create_app(services.settings, services)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
         yield http
 
@@ -70,19 +57,6 @@ def with_limits(services: Services):
         services.settings = replace(services.settings, limits=replace(services.settings.limits, **changes))
 
     return apply
-
-
-def server_environment(settings: Settings) -> dict[str, str]:
-    """The environment that makes ``python -m dicom_core serve`` use these settings."""
-    environment = dict(os.environ)
-    environment.update(
-        DicomLake=settings.lake.connection_string,
-        DICOM_FILESYSTEM=settings.file_system,
-        DICOM_WORKSPACE=settings.workspace,
-        DICOM_SERVICE=settings.service,
-        DICOM_TABLE_PREFIX=settings.table_prefix,
-    )
-    return environment
 
 
 # Hypothesis: a short profile for the suite, a long one for `bash scripts/fuzz.sh`.

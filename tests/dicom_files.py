@@ -130,13 +130,19 @@ def minimal_instance(**attributes) -> bytes:
     return buffer.getvalue()
 
 
-def multipart(parts: list[bytes | tuple[str, bytes]], boundary: str | None = None) -> tuple[bytes, str]:
-    """A multipart/related body of application/dicom parts, and its boundary."""
+def multipart(
+    parts: list[bytes | tuple[str, bytes]], boundary: str | None = None, *, content_length: bool = False
+) -> tuple[bytes, str]:
+    """A multipart/related body of application/dicom parts, and its boundary.
+
+    ``content_length`` adds a Content-Length header to each part, as Orthanc does.
+    """
     boundary = boundary or f"boundary-{uuid.uuid4().hex}"
     body = io.BytesIO()
     for part in parts:
         content_type, data = part if isinstance(part, tuple) else ("application/dicom", part)
-        body.write(f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode())
+        length = f"Content-Length: {len(data)}\r\n" if content_length else ""
+        body.write(f"--{boundary}\r\nContent-Type: {content_type}\r\n{length}\r\n".encode())
         body.write(data)
         body.write(b"\r\n")
     body.write(f"--{boundary}--\r\n".encode())
@@ -185,3 +191,14 @@ def pydicom_json(source: Path | BinaryIO) -> dict:
                 continue
     _name_bulk_data(model, "bulkdata")
     return model
+
+
+def uids(data: bytes) -> tuple[str, str, str, str]:
+    """(StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID, SOPClassUID) of a Part 10 file."""
+    dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return (
+        str(dataset.StudyInstanceUID),
+        str(dataset.SeriesInstanceUID),
+        str(dataset.SOPInstanceUID),
+        str(dataset.SOPClassUID),
+    )

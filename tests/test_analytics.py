@@ -23,8 +23,8 @@ from dicom_core.local.azurite import REPOSITORY_ROOT
 from dicom_core.operations.analytics import open_tables, rebuild, sync
 from dicom_core.settings import Connection
 from dicom_core.storage.analytics_tables import SyncLease, delta_location
-from tests.conftest import server_environment
 from tests.dicom_files import multipart, new_instance, preamble_zeroed, storable_test_files, stow_headers
+from tests.environments import server_environment
 from tests.server import running_server
 from tests.test_store import uids
 

@@ -11,9 +11,8 @@ import pytest
 from dicom_core.http.multipart import read_multipart
 from dicom_core.operations.store import StoreRequest, store_instances
 from dicom_core.services import Services
-from tests.dicom_files import multipart, new_instance, stow_headers
+from tests.dicom_files import multipart, new_instance, stow_headers, uids
 from tests.faults import failing_from
-from tests.test_store import uids
 
 
 async def put(client, parts, method="POST"):
@@ -116,7 +115,7 @@ async def test_concurrent_stores_on_several_hosts_give_exact_counts_and_a_gap_fr
         for host in hosts[1:]:
             await host.close()
     entity = await services.index.get_study("Microsoft.Default", study)
-    assert (entity["NumberOfStudyRelatedInstances"], entity["NumberOfStudyRelatedSeries"]) == (120, 3)
+    assert (entity.instance_count, entity.series_count) == (120, 3)
     entries = []
     while page := await feed(client, offset=len(entries), limit=200, includeMetadata="false"):
         entries += page

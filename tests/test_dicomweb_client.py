@@ -9,7 +9,6 @@ then checked against the datasets that were sent. Delete runs on its own partiti
 from __future__ import annotations
 
 import io
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 from requests import HTTPError
 
-from dicom_core.settings import Connection, Settings
+from tests.environments import isolated_settings
 from tests.server import running_server
 
 AS_STORED = (("application/dicom", "*"),)
@@ -141,16 +140,7 @@ class Archive:
 @pytest.fixture(scope="module")
 def archive(azurite_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
     """One server (``python -m dicom_core serve``) for the module, with the corpus stored through the client."""
-    unique = uuid.uuid4().hex[:10]
-    connection = Connection(connection_string=azurite_server.connection_string)
-    settings = Settings(
-        lake=connection,
-        index=connection,
-        file_system=f"t{unique}",
-        workspace="e2e",
-        service="dicomweb-client",
-        table_prefix=f"t{unique}",
-    )
+    settings = isolated_settings(azurite_server.connection_string, workspace="e2e", service="dicomweb-client")
     log = tmp_path_factory.mktemp("dicomweb-client") / "server.log"
     with running_server(settings, log) as (url, _):
         corpus = build_corpus()

@@ -14,12 +14,11 @@ from azure.storage.blob import BlobServiceClient
 from starlette.requests import Request
 
 import function_app
-from dicom_core.http import context
 from dicom_core.http.auth import Access
 from dicom_core.http.routes import route_table
 from dicom_core.storage.layout import InstanceKey
-from tests.conftest import server_environment
 from tests.dicom_files import multipart, new_instance, stow_headers
+from tests.environments import server_environment
 
 FUNCTIONS = {function.get_function_name(): function for function in function_app.app.get_functions()}
 
@@ -67,10 +66,10 @@ async def shared_from_environment(settings, monkeypatch):
     """The process-wide services the functions use, opened from the test's settings as app settings."""
     for name, value in server_environment(settings).items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(context, "_shared", None)
+    monkeypatch.setattr(function_app, "_services", None)
     yield
-    if context._shared is not None:
-        await context._shared.close()
+    if function_app._services is not None:
+        await function_app._services.close()
 
 
 def http_request(method: str, path: str, body: bytes = b"", headers: dict | None = None, path_params=None) -> Request:
@@ -138,7 +137,7 @@ async def test_blob_created_and_deleted_events_reconcile_the_index(shared_from_e
         blob_client = blobs.get_blob_client(file_system, path)
         blob_client.upload_blob(data)  # written by "AzCopy", not through the API
         await FUNCTIONS["lake_blob_created"].get_user_function()(blob_client)
-        assert (await services.index.get_instance(key))["Path"] == path
+        assert (await services.index.get_instance(key)).path == path
         blob_client.delete_blob()
     event = func.EventGridEvent(
         id="1",

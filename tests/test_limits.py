@@ -50,6 +50,8 @@ def test_every_limit_is_read_from_its_setting():
         "DICOM_REQUEST_TIMEOUT_SECONDS": "17",
         "DICOM_MAX_SEARCH_RESULTS": "18",
         "DICOM_MAX_FRAMES_PER_REQUEST": "19",
+        "DICOM_MAX_RENDERED_PIXELS": "20",
+        "DICOM_MAX_HEADER_BYTES": "21",
     }
     limits = Settings.from_environment(environment).limits
     assert (
@@ -63,7 +65,9 @@ def test_every_limit_is_read_from_its_setting():
         limits.request_timeout_seconds,
         limits.max_search_results,
         limits.max_frames_per_request,
-    ) == (11, 12, 13, 2, 14, 15, 16, 17, 18, 19)
+        limits.max_rendered_pixels,
+        limits.max_header_bytes,
+    ) == (11, 12, 13, 2, 14, 15, 16, 17, 18, 19, 20, 21)
     assert Limits() == Settings.from_environment({}).limits
 
 

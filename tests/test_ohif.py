@@ -30,8 +30,8 @@ from pydicom.uid import generate_uid
 
 from dicom_core.local.azurite import REPOSITORY_ROOT
 from dicom_core.settings import Settings
-from tests.conftest import ARTIFACTS
 from tests.dicom_files import multipart, new_instance, stow_headers
+from tests.environments import ARTIFACTS
 from tests.server import running_server
 
 VIEWER_DIST = REPOSITORY_ROOT / "node_modules" / ".ohif-app" / "dist"

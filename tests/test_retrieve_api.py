@@ -12,8 +12,9 @@ from dicomweb_client import DICOMwebClient
 from PIL import Image
 from pydicom.uid import generate_uid
 
-from dicom_core.http.multipart import MediaType
-from dicom_core.operations import retrieve as retrieve_operation
+from dicom_core.http.media_types import MediaType
+from dicom_core.operations.retrieve import instances as retrieve_operation
+from dicom_core.operations.retrieve import streams as retrieve_streams
 from dicom_core.storage.layout import InstanceKey, Scope
 from tests.dicom_files import file_bytes, new_instance, preamble_zeroed
 from tests.retrieve_helpers import EXPLICIT_LITTLE, bulk_data_uris, instance_url, split_multipart, store, uids
@@ -57,7 +58,7 @@ async def test_study_and_series_as_zip(client):
 
 async def test_responses_start_before_the_last_file_is_read(client, services, monkeypatch):
     """At most RETRIEVE_CONCURRENCY files are open ahead of the part being sent."""
-    monkeypatch.setattr(retrieve_operation, "RETRIEVE_CONCURRENCY", 2)
+    monkeypatch.setattr(retrieve_streams, "RETRIEVE_CONCURRENCY", 2)
     study, _, instances = await _series(client, 6)
     opened: list[str] = []
     original = services.lake.stream
@@ -146,7 +147,7 @@ async def test_file_changed_or_removed_outside_the_api_is_reported_and_flagged(c
     assert "removed from the lake outside the API" in response.json()["message"]
     for data, reason in ((changed, "modified"), (removed, "removed")):
         entity = await services.index.get_instance(_key(data))
-        assert reason in entity["ReconciliationNeeded"]
+        assert reason in entity.reconciliation_needed
 
 
 async def test_archive_tier_says_how_to_rehydrate(client, services):
@@ -160,7 +161,7 @@ async def test_archive_tier_says_how_to_rehydrate(client, services):
 
 
 def _key(data: bytes) -> InstanceKey:
-    study, series, sop = uids(data)
+    study, series, sop, _ = uids(data)
     return InstanceKey("Microsoft.Default", study, series, sop)
 
 
@@ -294,7 +295,7 @@ async def test_metadata_too_large_for_the_index_is_read_from_the_file(client, se
     data = new_instance(TextValue=text)
     await store(client, [data])
     entity = await services.index.get_instance(_key(data))
-    assert not entity.get("Metadata")
+    assert entity.metadata_json is None
     [model] = (await client.get(f"{instance_url(data)}/metadata")).json()
     assert model["0040A160"]["Value"] == [text]
     assert model["7FE00010"]["BulkDataURI"] == f"http://testserver{instance_url(data)}/bulkdata/7FE00010"

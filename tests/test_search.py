@@ -8,6 +8,7 @@ import urllib.parse
 import pydicom
 import pytest
 
+from dicom_core.dicom.levels import Level
 from dicom_core.dicom.query import MAX_LIMIT
 from tests.dicom_files import minimal_instance, multipart, new_instance, stow_headers
 
@@ -283,9 +284,9 @@ async def test_stale_lookup_entries_are_verified_away(client, services):
     assert await found(client, "/v2/studies", "0020000D", PatientName="old*") == []
     assert await found(client, "/v2/studies", "0020000D", PatientID="NEW") == [study]
     # A delete removes primary entities only (issue 5): the lookup entries must not resurrect them.
-    await services.index.studies.delete_entity("Microsoft.Default", study)
-    await services.index.series.delete_entity(f"Microsoft.Default|{study}", series)
-    await services.index.instances.delete_entity(f"Microsoft.Default|{study}", f"{series}|{sop}")
+    await services.index.delete_entry(Level.STUDY, "Microsoft.Default", (study,))
+    await services.index.delete_entry(Level.SERIES, "Microsoft.Default", (study, series))
+    await services.index.delete_entry(Level.INSTANCE, "Microsoft.Default", (study, series, sop))
     for url, key, params in [
         ("/v2/studies", "0020000D", {"PatientID": "NEW"}),
         ("/v2/series", "0020000E", {"SeriesInstanceUID": series}),
@@ -337,10 +338,10 @@ def selective_queries(study: str, series: str, sop: str) -> list[tuple[str, dict
 
 
 async def reads(client, services, url: str, params: dict) -> tuple[int, int, int]:
-    services.index.statistics.reset()
+    services.statistics.reset()
     response = await client.get(url, params=params)
     assert response.status_code == 200, response.text
-    return len(response.json()), services.index.statistics.requests, services.index.statistics.entities_read
+    return len(response.json()), services.statistics.requests, services.statistics.entities_read
 
 
 async def test_selective_queries_read_the_same_at_ten_times_the_archive(client, services):

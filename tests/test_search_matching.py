@@ -16,8 +16,8 @@ from dicom_core.dicom.matching import (
     temporal_point,
     wildcard_match,
 )
-from dicom_core.dicom.query import ValueRange
 from dicom_core.storage.lookup import MAX_VALUE_CHARS, encode_value, parse_row_key, row_key_bounds
+from dicom_core.storage.lookup_plan import ValueRange
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 import re
 import unicodedata
-import uuid
 from dataclasses import dataclass
 
 import httpx
@@ -19,8 +18,8 @@ from dicomweb_client import DICOMwebClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dicom_core.settings import Connection, Settings
 from tests.dicom_files import multipart, new_instance, stow_headers
+from tests.environments import isolated_settings
 from tests.server import running_server
 
 NAMES = ["Müller^Jürgen", "Muller^Anna", "Núñez^María^José", "Dupont^Jean-Loup^^Dr.", "Åström^Åsa", "Smith^John", "O'Brien^Seán"]
@@ -66,9 +65,7 @@ CORPUS = _corpus()
 @pytest.fixture(scope="module")
 def server(azurite_server, tmp_path_factory):
     """The server over a fresh archive holding CORPUS; yields its /v2 URL."""
-    unique = uuid.uuid4().hex[:10]
-    connection = Connection(connection_string=azurite_server.connection_string)
-    configured = Settings(lake=connection, index=connection, file_system=f"p{unique}", table_prefix=f"p{unique}")
+    configured = isolated_settings(azurite_server.connection_string)
     with running_server(configured, tmp_path_factory.mktemp("server") / "server.log") as (url, _):
         instances = [
             new_instance(

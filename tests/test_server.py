@@ -67,7 +67,7 @@ def _large_instance_template(pixel_bytes: int) -> tuple[bytes, bytes]:
 
 @pytest.mark.slow
 async def test_storing_a_1_gb_request_keeps_memory_bounded(settings, services, tmp_path):
-    """Peak RSS of the server grows by a small fraction of a 1 GiB multipart body (README figure)."""
+    """Peak RSS of the server grows by a small fraction of a 1 GiB multipart body (docs/benchmark.md)."""
     template, placeholder = _large_instance_template(16 * 1024 * 1024)
     count = (1024**3) // len(template) + 1
     boundary = uuid.uuid4().hex

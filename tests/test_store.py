@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import uuid
 
 import pydicom
 import pytest
@@ -18,21 +18,11 @@ from tests.dicom_files import (
     preamble_zeroed,
     storable_test_files,
     stow_headers,
+    uids,
 )
 
 STUDIES = "/v2/studies"
 
-
-def uids(data: bytes) -> tuple[str, str, str, str]:
-    import io
-
-    dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    return (
-        str(dataset.StudyInstanceUID),
-        str(dataset.SeriesInstanceUID),
-        str(dataset.SOPInstanceUID),
-        str(dataset.SOPClassUID),
-    )
 
 
 async def post(client, parts, url=STUDIES, method="POST", boundary=None, quoted=True):
@@ -148,10 +138,10 @@ async def test_put_replaces_an_existing_instance_without_counting_it_twice(clien
     assert response.status_code == 200, response.text
     assert await lake_bytes(services, "Microsoft.Default", changed) == preamble_zeroed(changed)
     study_entity = await services.index.get_study("Microsoft.Default", study)
-    assert study_entity["NumberOfStudyRelatedInstances"] == 1
-    assert json.loads(study_entity["Attributes"])["00081030"]["Value"] == ["changed"]
+    assert study_entity.instance_count == 1
+    assert study_entity.attributes["00081030"]["Value"] == ["changed"]
     entity = await services.index.get_instance(InstanceKey("Microsoft.Default", study, series, sop))
-    assert entity["Size"] == len(changed)
+    assert entity.size == len(changed)
 
 
 async def test_put_stores_new_instances_too(client, services):
@@ -187,6 +177,24 @@ async def test_any_legal_boundary_and_quoting(client, services, boundary, quoted
     )
     assert response.status_code == 200, response.text
     assert await lake_bytes(services, "Microsoft.Default", data) == preamble_zeroed(data)
+
+
+async def test_what_orthanc_sends_is_stored(client, services):
+    """The wire form of Orthanc's DICOMweb plugin (1.7): a boundary of two UUIDs joined by '-' (73
+    characters, over RFC 2046's 70), a Content-Length in each part, and a body without Content-Length
+    (Orthanc sends it chunked)."""
+    parts = [new_instance(), new_instance()]
+    body, boundary = multipart(parts, f"{uuid.uuid4()}-{uuid.uuid4()}", content_length=True)
+
+    async def chunked():
+        yield body
+
+    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
+    response = await client.post(STUDIES, content=chunked(), headers=headers | {"Accept": "application/dicom+json"})
+    assert response.status_code == 200, response.text
+    assert len(sequence(response.json(), "00081199")) == 2
+    for data in parts:
+        assert await lake_bytes(services, "Microsoft.Default", data) == preamble_zeroed(data)
 
 
 async def test_body_arriving_in_tiny_chunks(client, services):
@@ -247,6 +255,7 @@ async def test_all_parts_failing_gives_409(client):
         ("application/json", 415, "not supported"),
         ('multipart/related; type="application/dicom+json"; boundary=x', 415, "application/dicom+json"),
         ("multipart/related; type=application/dicom", 400, "boundary"),
+        (f"multipart/related; boundary={'x' * 257}", 400, "257 characters long; at most 256"),
         (None, 415, "no Content-Type"),
     ],
 )
@@ -361,7 +370,7 @@ async def test_partitions_are_isolated(client, services):
         assert response.json()["00081190"]["Value"] == [f"http://testserver/v2/partitions/{partition}/studies/{study}"]
         assert await lake_bytes(services, partition, data) == preamble_zeroed(data)
     assert await services.index.get_study("Microsoft.Default", study) is None
-    assert (await services.index.get_study("alpha", study))["NumberOfStudyRelatedInstances"] == 1
+    assert (await services.index.get_study("alpha", study)).instance_count == 1
     default_files = [f async for f in services.lake.list(services.layout.partition_folder("Microsoft.Default"))]
     assert default_files == []
     # Storing again in one partition is a duplicate there only.
@@ -376,15 +385,14 @@ async def test_index_keeps_what_retrieve_needs(client, services):
     study, series, sop, _sop_class = uids(data)
     key = InstanceKey("Microsoft.Default", study, series, sop)
     entity = await services.index.get_instance(key)
-    from dicom_core.storage.index import decode_frame_ranges
 
-    assert entity["Path"] == services.layout.instance_path(key)
-    assert entity["Size"] == len(data)
-    assert entity["TransferSyntaxUID"] == "1.2.840.10008.1.2.4.90"
-    assert entity["NumberOfFrames"] == 10
-    assert entity["ETag"] == (await services.lake.properties(entity["Path"])).etag
-    stored = await services.lake.read(entity["Path"])
-    frames = decode_frame_ranges(entity["FrameRanges"])
+    assert entity.path == services.layout.instance_path(key)
+    assert entity.size == len(data)
+    assert entity.transfer_syntax == "1.2.840.10008.1.2.4.90"
+    assert entity.number_of_frames == 10
+    assert entity.etag == (await services.lake.properties(entity.path)).etag
+    stored = await services.lake.read(entity.path)
+    frames = entity.frame_ranges
     dataset = pydicom.dcmread(__import__("io").BytesIO(data))
     from pydicom.encaps import generate_frames
 
@@ -402,11 +410,11 @@ async def test_counts_stay_exact_under_concurrent_stores_into_one_study(client, 
     responses = await asyncio.gather(*(post(client, parts) for parts in requests))
     assert all(response.status_code == 200 for response in responses)
     entity = await services.index.get_study("Microsoft.Default", study)
-    assert entity["NumberOfStudyRelatedInstances"] == 48
-    assert entity["NumberOfStudyRelatedSeries"] == 3
-    assert json.loads(entity["ModalityCounts"]) == {"CT": 1, "MR": 1, "SEG": 1}
+    assert entity.instance_count == 48
+    assert entity.series_count == 3
+    assert dict(entity.modality_counts) == {"CT": 1, "MR": 1, "SEG": 1}
     for uid in series:
-        assert (await services.index.get_series("Microsoft.Default", study, uid))["NumberOfSeriesRelatedInstances"] == 16
+        assert (await services.index.get_series("Microsoft.Default", study, uid)).instance_count == 16
 
 
 async def test_lake_ranged_reads_from_any_offset(client, services):
@@ -417,3 +425,20 @@ async def test_lake_ranged_reads_from_any_offset(client, services):
     assert await services.lake.read(path, 0, 10) == stored[:10]
     assert await services.lake.read(path, 128, 4) == b"DICM"
     assert b"".join([chunk async for chunk in services.lake.stream(path, 0, 300)]) == stored[:300]
+
+
+async def test_a_body_that_fails_after_a_whole_part_closes_that_part(services):
+    from io import BytesIO
+
+    from dicom_core.operations.store import ReceivedPart, StoreRequest, store_instances
+
+    data = new_instance()
+    part = ReceivedPart("application/dicom", BytesIO(data), len(data))
+
+    async def parts():
+        yield part
+        raise ConnectionResetError("the client went away")  # before the store of the part could start
+
+    with pytest.raises(ConnectionResetError):
+        await store_instances(services, StoreRequest("Microsoft.Default", None, False, "http://testserver/v2"), parts())
+    assert part.file.closed

@@ -19,7 +19,7 @@ from dicom_core.client.files import Instance
 CHUNK_SIZE = 1024 * 1024
 ALREADY_STORED = 45070
 
-# FailureReason (0008,1197) codes the service returns (README, "Failure reasons").
+# FailureReason (0008,1197) codes the service returns (docs/errors.md, "Failure reasons").
 FAILURE_REASONS = {
     272: "processing failure",
     42752: "out of resources",

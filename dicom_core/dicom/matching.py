@@ -127,7 +127,7 @@ def temporal_point(vr: str, text: str) -> str | None:
     """A stored DA/TM/DT value as normalized text (its earliest instant); None when it is not valid."""
     text = text.strip()
     if vr == "DT":
-        text = re.split(r"[+-]", text, maxsplit=1)[0]  # stored offsets are not compared (README, Matching)
+        text = re.split(r"[+-]", text, maxsplit=1)[0]  # stored offsets are not compared (docs/search.md, "Matching rules")
     try:
         _check_temporal(vr, text)
     except ValueError:

@@ -22,6 +22,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from dicom_core.dicom.errors import InvalidInstance, UnreadableInstance
+from dicom_core.dicom.frames import number_of_frames as frames_in
 from dicom_core.dicom.structure import StructureLimits, check_structure
 from dicom_core.dicom.uids import uid_problem
 
@@ -104,7 +105,7 @@ def parse_instance(fp: BinaryIO, size: int, limits: StructureLimits = DEFAULT_LI
     if "PatientID" not in dataset:
         raise InvalidInstance("PatientID (0010,0020) is missing; it may be empty but must be present")
 
-    number_of_frames = _number_of_frames(dataset)
+    number_of_frames = frames_in(dataset)
     pixel_data_vr, frame_ranges = None, None
     if stopped_at < size:
         pixel_data_vr, frame_ranges = _locate_frames(fp, stopped_at, size, dataset, transfer_syntax, number_of_frames)
@@ -133,14 +134,6 @@ def _check_character_set(dataset: Dataset) -> None:
             raise InvalidInstance(
                 f"SpecificCharacterSet {term[:64]!r} is not a defined term of PS3.3 C.12.1.1.2; text cannot be decoded"
             )
-
-
-def _number_of_frames(dataset: Dataset) -> int:
-    try:
-        value = int(dataset.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError):
-        return 1
-    return max(value, 1)
 
 
 def _locate_frames(

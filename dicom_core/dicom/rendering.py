@@ -5,7 +5,12 @@ VOI transform: the ``window`` the client asked for, else the instance's VOI LUT
 Sequence or first WindowCenter/WindowWidth, else the frame's full range
 (PS3.3 C.11.2); MONOCHROME1 is inverted. Colour: YBR is converted to RGB by the
 decoder and PALETTE COLOR goes through its palette (PS3.3 C.7.6.3.1.5). The
-result is scaled to fit ``viewport`` keeping the aspect ratio.
+``viewport``'s source region, clipped to the frame, is scaled to fit its size
+keeping the aspect ratio.
+
+The output size is known before any image is made and is refused beyond
+``max_pixels``; Pillow only ever holds the source region (a slice of the decoded
+frame) and the output, never a region padded beyond the frame.
 """
 
 from __future__ import annotations
@@ -24,6 +29,12 @@ PNG = "image/png"
 RENDERED_MEDIA_TYPES = (JPEG, PNG)
 WINDOW_FUNCTIONS = ("linear", "linear-exact", "sigmoid")
 DEFAULT_QUALITY = 90
+JPEG_MAX_DIMENSION = 65500
+"""libjpeg's largest width or height (JPEG_MAX_DIMENSION, jmorecfg.h); Pillow fails to write beyond it."""
+
+
+class RenderingRefused(ValueError):
+    """The rendering asked for cannot be made (too large, or a region outside the frame); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -52,17 +63,63 @@ class RenderOptions:
     viewport: Viewport | None = None
 
 
-def render(header: Dataset, pixels: np.ndarray, options: RenderOptions) -> bytes:
-    """The frame ``pixels`` (decoded, as pydicom gives it) of the instance ``header`` as an image file."""
-    image = Image.fromarray(_display_values(header, pixels, options.window))
-    if options.viewport is not None:
-        image = _fit(image, options.viewport)
+def render(header: Dataset, pixels: np.ndarray, options: RenderOptions, max_pixels: int) -> bytes:
+    """The frame ``pixels`` (decoded, as pydicom gives it) of the instance ``header`` as an image file.
+
+    Raises RenderingRefused when the output would have more than ``max_pixels`` pixels.
+    """
+    rows, columns = pixels.shape[:2]
+    (left, upper, right, lower), size = _geometry(columns, rows, options.viewport)
+    _check_size(size, options, max_pixels)
+    image = Image.fromarray(_display_values(header, pixels, options.window)[upper:lower, left:right])
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.BILINEAR)
     output = io.BytesIO()
     if options.media_type == PNG:
         image.save(output, format="PNG")
     else:
         image.save(output, format="JPEG", quality=options.quality)
     return output.getvalue()
+
+
+def _geometry(columns: int, rows: int, viewport: Viewport | None) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+    """The source box (left, upper, right, lower) in the frame and the output (width, height).
+
+    PS3.18 8.3.5.1.3: the region sx,sy,sw,sh of the source is scaled to fit vw,vh.
+    A region reaching past the frame is clipped to it (there are no pixels there to show).
+    """
+    if viewport is None:
+        return (0, 0, columns, rows), (columns, rows)
+    box = (0, 0, columns, rows)
+    if viewport.region is not None:
+        x, y, width, height = viewport.region
+        if x >= columns or y >= rows:
+            raise RenderingRefused(f"the viewport's source region starts at ({x}, {y}), outside the {columns} x {rows} frame")
+        box = (x, y, min(x + width, columns), min(y + height, rows))
+    width, height = box[2] - box[0], box[3] - box[1]
+    # Integer arithmetic: a viewport of any number of digits cannot overflow a float.
+    if viewport.width * height <= viewport.height * width:  # the width binds
+        return box, (viewport.width, max(1, _rounded_ratio(height * viewport.width, width)))
+    return box, (max(1, _rounded_ratio(width * viewport.height, height)), viewport.height)
+
+
+def _rounded_ratio(numerator: int, denominator: int) -> int:
+    return (2 * numerator + denominator) // (2 * denominator)
+
+
+def _check_size(size: tuple[int, int], options: RenderOptions, max_pixels: int) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        advice = "ask for a smaller viewport" if options.viewport else "give a viewport to scale it down"
+        raise RenderingRefused(
+            f"the rendered image would be {width} x {height} pixels, more than the {max_pixels} allowed "
+            f"(setting DICOM_MAX_RENDERED_PIXELS); {advice}"
+        )
+    if options.media_type == JPEG and max(width, height) > JPEG_MAX_DIMENSION:
+        raise RenderingRefused(
+            f"the rendered image would be {width} x {height} pixels, and a JPEG image is at most "
+            f"{JPEG_MAX_DIMENSION} pixels wide and high; ask for image/png or a smaller viewport"
+        )
 
 
 def _display_values(header: Dataset, pixels: np.ndarray, window: Window | None) -> np.ndarray:
@@ -131,13 +188,3 @@ def _to_uint8(values: np.ndarray, maximum: float) -> np.ndarray:
     if values.dtype == np.uint8:
         return values
     return np.clip(np.rint(values.astype(np.float64) * (255.0 / maximum)), 0, 255).astype(np.uint8)
-
-
-def _fit(image: Image.Image, viewport: Viewport) -> Image.Image:
-    """Crop to the source region, then scale to fit the viewport, keeping the aspect ratio."""
-    if viewport.region is not None:
-        x, y, width, height = viewport.region
-        image = image.crop((x, y, x + width, y + height))
-    scale = min(viewport.width / image.width, viewport.height / image.height)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image.resize(size, Image.Resampling.BILINEAR) if size != image.size else image

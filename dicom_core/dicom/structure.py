@@ -5,6 +5,13 @@ inflates a deflated data set into memory at once. A hostile file (millions of
 empty sequence items, a deflate bomb, lengths that point past the end) would make
 it use unbounded memory or time. This scan reads only element headers (tag, VR,
 length; PS3.5 7.1 and 7.5), never values, and refuses such files with a reason.
+
+It covers the whole data set, elements after the Pixel Data included: storing
+parses only up to the pixel data, but a retrieve that reads the whole file (a
+transcode, a rendering, metadata too large for the index) parses all of it.
+Encapsulated pixel data (PS3.5 A.4) is walked item by item; its fragments are
+not elements and are not counted. A deflated data set (PS3.5 A.5) is inflated
+twice, as a stream: once to bound its size, once to scan it.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ _SHORT_LENGTH_VRS = {
     b"PN", b"SH", b"SL", b"SS", b"ST", b"SV", b"TM", b"UI", b"UL", b"US", b"UV",
 }  # fmt: skip
 _MAX_DEPTH = 32
+_ELEMENT_HEADER = 8  # the shortest: tag, then VR and 2-byte length or a 4-byte length (PS3.5 7.1)
 _INFLATE_CHUNK = 1024 * 1024
 DEFLATED_SYNTAXES = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"}
 
@@ -78,23 +86,24 @@ class _Scan:
             raise InvalidInstance(f"element ({group:04X},{element:04X}) has the unknown VR {vr!r} (PS3.5 6.2)")
         return tag, vr, struct.unpack(endian + "H", self.read(2))[0]
 
-    def dataset(self, end: int | None, depth: int, top_level: bool) -> None:
+    def dataset(self, end: int | None, depth: int) -> None:
         """Scan elements until ``end`` (or an item delimiter when ``end`` is None)."""
         if depth > _MAX_DEPTH:
             raise InvalidInstance(f"sequences are nested more than {_MAX_DEPTH} deep")
         while end is None or self.fp.tell() < end:
             if end is None and not self.fp.peek_available():
                 raise InvalidInstance("the file is truncated inside a sequence item of undefined length")
-            start = self.fp.tell()
+            if depth == 0 and end is not None and end - self.fp.tell() < _ELEMENT_HEADER:
+                return  # a few stray bytes after the last element: pydicom stops there too
             tag, vr, length = self.tag_and_length()
             if tag == _ITEM_DELIMITER and end is None:
-                return
-            if top_level and tag == _PIXEL_DATA:
-                self.fp.seek(start)
                 return
             self.count()
             is_sequence = vr == b"SQ" or (vr is None and _dictionary_vr(tag) == "SQ")
             if length == _UNDEFINED:
+                if tag == _PIXEL_DATA:
+                    self.fragments()
+                    continue
                 if is_sequence or vr == b"UN" or vr is None:
                     self.sequence(None, depth)
                     continue
@@ -111,6 +120,20 @@ class _Scan:
                 self.sequence(value_end, depth)
             self.fp.seek(value_end)
 
+    def fragments(self) -> None:
+        """Skip the items of encapsulated pixel data up to its sequence delimiter (PS3.5 A.4)."""
+        while True:
+            tag, _, length = self.tag_and_length()
+            if tag == _SEQUENCE_DELIMITER:
+                return
+            if tag != _ITEM or length == _UNDEFINED:
+                raise InvalidInstance(
+                    f"encapsulated Pixel Data holds ({tag >> 16:04X},{tag & 0xFFFF:04X}) where a fragment must be"
+                )
+            if self.fp.tell() + length > self.fp.size:
+                raise InvalidInstance("an encapsulated Pixel Data fragment runs past the end of the file")
+            self.fp.seek(self.fp.tell() + length)
+
     def sequence(self, end: int | None, depth: int) -> None:
         while end is None or self.fp.tell() < end:
             tag, _, length = self.tag_and_length()
@@ -122,12 +145,12 @@ class _Scan:
                 raise InvalidInstance(f"a sequence holds ({tag >> 16:04X},{tag & 0xFFFF:04X}) where an item must be")
             self.count()
             if length == _UNDEFINED:
-                self.dataset(None, depth + 1, top_level=False)
+                self.dataset(None, depth + 1)
             else:
                 item_end = self.fp.tell() + length
                 if item_end > self.fp.size:
                     raise InvalidInstance("a sequence item declares more bytes than the file holds")
-                self.dataset(item_end, depth + 1, top_level=False)
+                self.dataset(item_end, depth + 1)
                 self.fp.seek(item_end)
 
 
@@ -158,6 +181,52 @@ class _SizedReader:
         return self._fp.tell() < self.size
 
 
+class _InflatedReader:
+    """The inflated data set of a deflated file as a forward-only file, holding one chunk at a time.
+
+    ``size`` is the inflated size (from the first pass); seeking forward inflates and discards.
+    """
+
+    def __init__(self, fp: BinaryIO, start: int, size: int) -> None:
+        fp.seek(start)
+        self._fp = fp
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._buffer = b""
+        self._offset = 0  # of the next byte in _buffer
+        self._base = 0  # position in the inflated data set of _buffer[0]
+        self.size = size
+
+    def _inflate(self) -> bool:
+        """Replace the consumed part of the buffer with more inflated bytes; False at the end."""
+        data = self._inflater.unconsumed_tail or self._fp.read(_INFLATE_CHUNK)
+        if not data or self._inflater.eof:
+            return False
+        self._base += self._offset
+        self._buffer = self._buffer[self._offset :] + self._inflater.decompress(data, _INFLATE_CHUNK)
+        self._offset = 0
+        return True
+
+    def read(self, count: int) -> bytes:
+        while len(self._buffer) - self._offset < count and self._inflate():
+            pass
+        data = self._buffer[self._offset : self._offset + count]
+        self._offset += len(data)
+        return data
+
+    def seek(self, offset: int) -> None:
+        while offset > self._base + len(self._buffer):
+            self._offset = len(self._buffer)
+            if not self._inflate():
+                return
+        self._offset = offset - self._base
+
+    def tell(self) -> int:
+        return self._base + self._offset
+
+    def peek_available(self) -> bool:
+        return self.tell() < self.size
+
+
 def meta_end(fp: BinaryIO, size: int) -> tuple[int, str]:
     """Where the file meta information (group 0002, explicit VR little endian) ends, and its transfer syntax."""
     fp.seek(132)
@@ -183,21 +252,23 @@ def check_structure(fp: BinaryIO, size: int, limits: StructureLimits) -> None:
     """Refuse files whose structure would make parsing unbounded (see the module docstring)."""
     start, transfer_syntax = meta_end(fp, size)
     if transfer_syntax in DEFLATED_SYNTAXES:
-        _check_inflated_size(fp, start, limits)
-        return  # the inflated data set is bounded; pydicom reads it
-    little = transfer_syntax != "1.2.840.10008.1.2.2"
-    implicit = transfer_syntax == "1.2.840.10008.1.2"
-    if not implicit and start + 6 <= size:
-        # Some writers use implicit VR whatever the meta says: trust the bytes, as pydicom does.
-        fp.seek(start + 4)
-        vr = fp.read(2)
-        implicit = not (vr.isalpha() and vr.isupper())
-    fp.seek(start)
-    reader = _SizedReader(fp, size)
-    _Scan(reader, little, implicit, limits).dataset(size, depth=0, top_level=True)
+        reader: _SizedReader | _InflatedReader = _InflatedReader(fp, start, _inflated_size(fp, start, limits))
+        little, implicit = True, False
+    else:
+        little = transfer_syntax != "1.2.840.10008.1.2.2"
+        implicit = transfer_syntax == "1.2.840.10008.1.2"
+        if not implicit and start + 6 <= size:
+            # Some writers use implicit VR whatever the meta says: trust the bytes, as pydicom does.
+            fp.seek(start + 4)
+            vr = fp.read(2)
+            implicit = not (vr.isalpha() and vr.isupper())
+        fp.seek(start)
+        reader = _SizedReader(fp, size)
+    _Scan(reader, little, implicit, limits).dataset(reader.size, depth=0)
 
 
-def _check_inflated_size(fp: BinaryIO, start: int, limits: StructureLimits) -> None:
+def _inflated_size(fp: BinaryIO, start: int, limits: StructureLimits) -> int:
+    """The size of the deflated data set at ``start`` once inflated, refused beyond the limit."""
     fp.seek(start)
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     inflated = 0
@@ -217,8 +288,9 @@ def _check_inflated_size(fp: BinaryIO, start: int, limits: StructureLimits) -> N
                     )
                 data = inflater.unconsumed_tail
                 if inflater.eof:
-                    return
+                    return inflated
         except zlib.error as error:
             raise InvalidInstance(f"the deflated data set cannot be inflated: {error}") from None
         if not chunk:
             break
+    return inflated

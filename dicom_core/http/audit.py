@@ -3,8 +3,9 @@
 Events go to the ``dicom_core.audit`` logger, which the Functions host forwards to
 Application Insights (``traces``). They say who, which operation, which
 partition/study/series/instance (UIDs from the URL), the names of the query keys,
-the outcome and the duration. They never carry patient names, IDs or any query
-value: those identify patients. Query in Application Insights with::
+the outcome (``success``, ``failure``, or ``client-disconnected`` with status 499 when
+the client closed the connection mid-request) and the duration. They never carry
+patient names, IDs or any query value: those identify patients. Query in Application Insights with::
 
     traces | where message startswith "AUDIT " | extend event = parse_json(substring(message, 6))
 """
@@ -17,6 +18,8 @@ import time
 from datetime import UTC, datetime
 
 from starlette.requests import Request
+
+from dicom_core.http.errors import CLIENT_CLOSED_REQUEST
 
 logger = logging.getLogger("dicom_core.audit")
 
@@ -32,7 +35,7 @@ def audit_event(request: Request, operation: str, who: str, status: int, started
         "who": who,
         "partition": request.path_params.get("partition", "Microsoft.Default"),
         "status": status,
-        "outcome": "success" if status < 400 else "failure",
+        "outcome": _outcome(status),
         "durationMs": round((time.perf_counter() - started) * 1000, 1),
     }
     for parameter, name in _UID_PARAMETERS.items():
@@ -41,6 +44,12 @@ def audit_event(request: Request, operation: str, who: str, status: int, started
     if request.query_params:
         event["queryKeys"] = sorted({key[:64] for key in request.query_params})
     return event
+
+
+def _outcome(status: int) -> str:
+    if status == CLIENT_CLOSED_REQUEST:
+        return "client-disconnected"  # the client went away mid-request: not a failure of the service
+    return "success" if status < 400 else "failure"
 
 
 def emit(event: dict) -> None:

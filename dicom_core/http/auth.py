@@ -1,4 +1,4 @@
-"""Who may do what: roles from the authenticated principal (README, Security).
+"""Who may do what: roles from the authenticated principal (docs/security.md).
 
 In Azure, App Service Authentication (Microsoft Entra ID) signs the user in and
 passes the principal to the app in ``X-MS-CLIENT-PRINCIPAL`` (base64 JSON with the

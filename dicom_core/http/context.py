@@ -1,40 +1,39 @@
 """What every handler needs from a request: the services, the partition, the base URL.
 
-Handlers run both under the local Starlette app and as Azure Functions, where
-there is no app object; so the services come from the app state when there is
-one and from a process-wide instance opened on first use otherwise.
+Handlers run both under the local Starlette app and as Azure Functions. Each host opens
+the services from the settings it was given and puts them in the request's state
+(``provide_services``) before a handler runs: the local app in an ASGI middleware
+(http/app.py), function_app.py in its binding of each route.
 """
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import MutableMapping
+from typing import Any
 
 from starlette.requests import Request
 
 from dicom_core.dicom.uids import partition_problem, uid_problem
 from dicom_core.errors import BadRequest
 from dicom_core.services import Services
-from dicom_core.settings import DEFAULT_PARTITION, Settings
+from dicom_core.settings import DEFAULT_PARTITION
 from dicom_core.storage.layout import Scope
 
 _LOOPBACK_NAMES = {"127.0.0.1", "localhost", "[::1]"}
-_shared: Services | None = None
-_shared_lock = asyncio.Lock()
+_SERVICES = "services"
 
 
-async def shared_services() -> Services:
-    """The process-wide services, opened from the environment on first use."""
-    global _shared
-    async with _shared_lock:
-        if _shared is None:
-            _shared = await Services.open(Settings.from_environment())
-    return _shared
+def provide_services(scope: MutableMapping[str, Any], services: Services) -> None:
+    """Make ``services`` the ones the handlers of this request (an ASGI scope) use."""
+    scope.setdefault("state", {})[_SERVICES] = services
 
 
 async def services_for(request: Request) -> Services:
-    app = request.scope.get("app")
-    services = getattr(getattr(app, "state", None), "services", None) if app is not None else None
-    return services if services is not None else await shared_services()
+    """The services the host provided for this request."""
+    services = request.scope.get("state", {}).get(_SERVICES)
+    if services is None:
+        raise RuntimeError("no services for this request: the host must call provide_services before a handler runs")
+    return services
 
 
 def partition_of(request: Request) -> str:

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 
 from starlette.responses import StreamingResponse
 
-from dicom_core.operations.retrieve import Part
+from dicom_core.operations.retrieve.instances import Part
 
 
 def part_content_type(part: Part) -> str:

@@ -1,8 +1,7 @@
 """WADO-RS routes (PS3.18 10.4): instances, metadata, frames, bulk data, rendered images, thumbnails.
 
-Content negotiation follows PS3.18 8.7: the Accept header's entries are tried
-best quality first, and the first one this resource can produce wins; none is a
-406 saying what the resource offers. Bodies stream (multipart_response.py).
+Each route declares the representations it offers and negotiates once (http/negotiation.py,
+PS3.18 8.7); the operation is handed the result. Bodies stream (multipart_response.py).
 """
 
 from __future__ import annotations
@@ -10,32 +9,23 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from dicom_core.dicom.frames import EXPLICIT_VR_LITTLE_ENDIAN, NATIVE_MEDIA_TYPE, SYNTAXES_BY_MEDIA_TYPE, media_type_of
+from dicom_core.dicom.frames import EXPLICIT_VR_LITTLE_ENDIAN, NATIVE_MEDIA_TYPE, media_type_of
 from dicom_core.dicom.rendering import DEFAULT_QUALITY, RENDERED_MEDIA_TYPES, WINDOW_FUNCTIONS, RenderOptions, Viewport, Window
-from dicom_core.errors import BadRequest, NotAcceptable
+from dicom_core.errors import BadRequest, RangeNotSatisfiable
 from dicom_core.http.context import base_url, scope_of, services_for
-from dicom_core.http.errors import error_response
+from dicom_core.http.media_types import DICOM, DICOM_JSON, JSON, MULTIPART_RELATED, OCTET_STREAM, ZIP
 from dicom_core.http.multipart_response import multipart_response, zip_response
-from dicom_core.http.negotiation import AcceptedType, choose, parse_accept
+from dicom_core.http.negotiation import Offer, choose, multipart_offer, negotiate
 from dicom_core.http.routing import Route
-from dicom_core.operations.retrieve import (
-    AS_STORED,
-    DICOM,
-    Part,
-    find_instance,
-    retrieve_bulk_data,
-    retrieve_frames,
-    retrieve_instances,
-    retrieve_metadata,
-    retrieve_rendered,
-    retrieve_thumbnail,
-)
+from dicom_core.operations.retrieve.bulkdata import retrieve_bulk_data
+from dicom_core.operations.retrieve.finding import find_instance
+from dicom_core.operations.retrieve.frames import FrameRendition, retrieve_frames
+from dicom_core.operations.retrieve.instances import AS_STORED, Part, retrieve_instances
+from dicom_core.operations.retrieve.metadata import retrieve_metadata
+from dicom_core.operations.retrieve.rendered import retrieve_rendered, retrieve_thumbnail
+from dicom_core.operations.retrieve.streams import iterate
 from dicom_core.storage.layout import InstanceKey
 
-DICOM_JSON = "application/dicom+json"
-ZIP = "application/zip"
-MULTIPART = "multipart/related"
-_WILDCARDS = ("*/*", "*", "multipart/*")
 _BULK_DATA_DEPTH = 3  # sequence levels a bulk data path may go through: bulkdata/sq/item/sq/item/sq/item/tag
 
 
@@ -44,41 +34,24 @@ def _instance_key(request: Request) -> InstanceKey:
     return InstanceKey(target.partition, target.study, target.series or "", target.sop or "")
 
 
-def _transfer_syntax(accepted: AcceptedType, default: str = EXPLICIT_VR_LITTLE_ENDIAN) -> str:
-    """The transfer-syntax parameter, default Explicit VR Little Endian (PS3.18 8.7.3.5.2)."""
-    return accepted.media_type.parameters.get("transfer-syntax", default).strip()
-
-
 # -- instances ---------------------------------------------------------------------------------
 
 
-def _instance_rendition(header: str | None, zip_allowed: bool, single_allowed: bool) -> tuple[str, str]:
-    """(response media type, transfer syntax) for a study, series or instance retrieve."""
-    for accepted in parse_accept(header):
-        kind = accepted.media_type.type
-        if kind == MULTIPART:
-            part_type = accepted.media_type.parameters.get("type", DICOM).lower()
-            if part_type in (DICOM, "application/*", "*/*"):
-                return MULTIPART, _transfer_syntax(accepted)
-        elif kind in _WILDCARDS:
-            return MULTIPART, EXPLICIT_VR_LITTLE_ENDIAN
-        elif kind == ZIP and zip_allowed:
-            return ZIP, AS_STORED
-        elif kind == DICOM and single_allowed:
-            return DICOM, _transfer_syntax(accepted)
-    offered = ['multipart/related; type="application/dicom" (transfer-syntax=* or 1.2.840.10008.1.2.1)']
-    offered += [ZIP] if zip_allowed else []
-    offered += [DICOM] if single_allowed else []
-    raise NotAcceptable(f"the Accept header allows none of the media types this resource offers: {', '.join(offered)}")
+# Explicit VR Little Endian unless the client names another transfer syntax (PS3.18 8.7.3.5.2);
+# the operation refuses, with a 406 saying why, any it cannot produce.
+_INSTANCES = multipart_offer(DICOM, default_syntax=EXPLICIT_VR_LITTLE_ENDIAN)
+_ZIP = Offer(ZIP, default_syntax=AS_STORED, takes_syntax=False)
+_SINGLE_FILE = Offer(DICOM, default_syntax=EXPLICIT_VR_LITTLE_ENDIAN)
 
 
 async def get_instances(request: Request) -> Response:
     """GET a study, series or instance (PS3.18 10.4.1.1.1)."""
     target = scope_of(request)
-    is_instance = target.sop is not None
-    media_type, transfer_syntax = _instance_rendition(request.headers.get("accept"), not is_instance, is_instance)
+    offers = [_INSTANCES, _SINGLE_FILE] if target.sop is not None else [_INSTANCES, _ZIP]
+    choice = negotiate(request.headers.get("accept"), offers)
     services = await services_for(request)
-    parts = await retrieve_instances(services, target, transfer_syntax)
+    parts = await retrieve_instances(services, target, choice.transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN)
+    media_type = choice.media_type
     if media_type == ZIP:
         name = target.series or target.study
         return zip_response(parts, f"{name}.zip")
@@ -94,7 +67,7 @@ async def get_instances(request: Request) -> Response:
 async def get_metadata(request: Request) -> Response:
     """GET .../metadata: DICOM JSON with BulkDataURIs, ETag and If-None-Match (PS3.18 10.4.1.1.2, Annex F)."""
     target = scope_of(request)
-    media_type = choose(request.headers.get("accept"), [DICOM_JSON, "application/json"])
+    media_type = choose(request.headers.get("accept"), [DICOM_JSON, JSON])
     services = await services_for(request)
     metadata = await retrieve_metadata(services, target, base_url(request))
     headers = {"ETag": metadata.etag, "Cache-Control": "no-cache"}
@@ -130,28 +103,17 @@ def _frame_numbers(raw: str, maximum: int) -> list[int]:
     return numbers
 
 
-def _frame_rendition(header: str | None, stored_syntax: str) -> tuple[str, str]:
-    """(part media type, transfer syntax) for frames of an instance stored in ``stored_syntax``."""
+def _frame_offers(stored_syntax: str) -> list[Offer]:
+    """Frames of an instance stored in ``stored_syntax``: in its own media type as stored, or native bytes.
+
+    A wildcard Accept gets the frames as stored; ``application/octet-stream`` named
+    explicitly gets Explicit VR Little Endian unless a transfer syntax is given.
+    """
     stored_type = media_type_of(stored_syntax)
-    for accepted in parse_accept(header):
-        kind = accepted.media_type.type
-        if kind in _WILDCARDS:
-            return stored_type, AS_STORED
-        if kind != MULTIPART:
-            continue
-        part_type = accepted.media_type.parameters.get("type", NATIVE_MEDIA_TYPE).lower()
-        requested = accepted.media_type.parameters.get("transfer-syntax")
-        if part_type in ("*/*", "*"):
-            return stored_type, requested or AS_STORED
-        if part_type == NATIVE_MEDIA_TYPE:
-            return NATIVE_MEDIA_TYPE, requested or EXPLICIT_VR_LITTLE_ENDIAN
-        if stored_syntax in SYNTAXES_BY_MEDIA_TYPE.get(part_type, ()) and requested in (None, AS_STORED, stored_syntax):
-            return part_type, AS_STORED
-    raise NotAcceptable(
-        f"the Accept header allows none of the media types of these frames, stored in transfer syntax {stored_syntax}: "
-        f'multipart/related; type="application/octet-stream" with transfer-syntax=* or {EXPLICIT_VR_LITTLE_ENDIAN}'
-        + (f', or type="{stored_type}"' if stored_type != NATIVE_MEDIA_TYPE else "")
-    )
+    native = multipart_offer(NATIVE_MEDIA_TYPE, default_syntax=EXPLICIT_VR_LITTLE_ENDIAN, wildcard_syntax=AS_STORED)
+    if stored_type == NATIVE_MEDIA_TYPE:
+        return [native]
+    return [multipart_offer(stored_type, syntaxes=frozenset({AS_STORED, stored_syntax}), default_syntax=AS_STORED), native]
 
 
 async def get_frames(request: Request) -> Response:
@@ -160,15 +122,10 @@ async def get_frames(request: Request) -> Response:
     services = await services_for(request)
     numbers = _frame_numbers(request.path_params["frames"], services.settings.limits.max_frames_per_request)
     instance = await find_instance(services, key)
-    media_type, transfer_syntax = _frame_rendition(request.headers.get("accept"), instance.transfer_syntax)
-    parts = await retrieve_frames(services, instance, numbers, transfer_syntax)
-    return multipart_response(_with_media_type(parts, media_type), media_type)
-
-
-async def _with_media_type(parts, media_type: str):
-    async for part in parts:
-        part.media_type = media_type
-        yield part
+    choice = negotiate(request.headers.get("accept"), _frame_offers(instance.transfer_syntax))
+    part_type = choice.offer.part_type or NATIVE_MEDIA_TYPE
+    parts = await retrieve_frames(services, instance, numbers, FrameRendition(part_type, choice.transfer_syntax or AS_STORED))
+    return multipart_response(parts, part_type)
 
 
 # -- bulk data ---------------------------------------------------------------------------------
@@ -188,61 +145,36 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     except ValueError:
         return None
     if start >= size or start >= end or start < 0:
-        raise _RangeNotSatisfiable(size)
+        raise RangeNotSatisfiable(
+            f"the range is outside the {size} bytes of this bulk data", headers={"Content-Range": f"bytes */{size}"}
+        )
     return start, end
 
 
-class _RangeNotSatisfiable(Exception):
-    def __init__(self, size: int) -> None:
-        super().__init__(size)
-        self.size = size
+_BULK_DATA_OFFERS = [Offer(OCTET_STREAM, takes_syntax=False), multipart_offer(OCTET_STREAM, takes_syntax=False)]
 
 
 async def get_bulk_data(request: Request) -> Response:
     """GET .../bulkdata/<tag>[/<item>/<tag>...]: one bulk data value, whole or a byte range (PS3.18 10.4.1.1.5)."""
     key = _instance_key(request)
     segments = [request.path_params[f"segment{position}"] for position in range(_segment_count(request))]
-    accepted = _bulk_data_rendition(request.headers.get("accept"))
+    accepted = negotiate(request.headers.get("accept"), _BULK_DATA_OFFERS).media_type
     services = await services_for(request)
     bulk_data = await retrieve_bulk_data(services, key, segments)
-    try:
-        selected = _byte_range(request.headers.get("range"), bulk_data.size)
-    except _RangeNotSatisfiable as error:
-        response = error_response(416, f"the range is outside the {error.size} bytes of this bulk data")
-        response.headers["Content-Range"] = f"bytes */{error.size}"
-        return response
+    selected = _byte_range(request.headers.get("range"), bulk_data.size)
     start, end = selected or (0, bulk_data.size)
     chunks = await bulk_data.open(start, end)
     status = 206 if selected else 200
-    if accepted == MULTIPART:
-        return multipart_response(_iterate_one(Part(NATIVE_MEDIA_TYPE, None, chunks)), NATIVE_MEDIA_TYPE)
+    if accepted == MULTIPART_RELATED:
+        return multipart_response(iterate([Part(OCTET_STREAM, None, chunks)]), OCTET_STREAM)
     headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start)}
     if selected:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{bulk_data.size}"
-    return StreamingResponse(chunks, status_code=status, media_type=NATIVE_MEDIA_TYPE, headers=headers)
+    return StreamingResponse(chunks, status_code=status, media_type=OCTET_STREAM, headers=headers)
 
 
 def _segment_count(request: Request) -> int:
     return sum(1 for name in request.path_params if name.startswith("segment"))
-
-
-def _bulk_data_rendition(header: str | None) -> str:
-    """``application/octet-stream`` (single part, the default) or multipart/related of it."""
-    for accepted in parse_accept(header):
-        kind = accepted.media_type.type
-        if kind in (NATIVE_MEDIA_TYPE, "application/*", "*/*", "*"):
-            return NATIVE_MEDIA_TYPE
-        if kind == MULTIPART and accepted.media_type.parameters.get("type", NATIVE_MEDIA_TYPE).lower() in (
-            NATIVE_MEDIA_TYPE,
-            "application/*",
-            "*/*",
-        ):
-            return MULTIPART
-    raise NotAcceptable('bulk data is offered as application/octet-stream or multipart/related; type="application/octet-stream"')
-
-
-async def _iterate_one(part: Part):
-    yield part
 
 
 def _bulk_data_paths() -> list[str]:

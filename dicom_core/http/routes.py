@@ -6,7 +6,7 @@ register exactly these routes. Each feature module contributes its own list.
 
 from __future__ import annotations
 
-from dicom_core.http import changefeed, delete, health, retrieve, search, store
+from dicom_core.http import changefeed, delete, health, retrieve, search, store, workitems
 from dicom_core.http.routing import ExpandedRoute, Route
 
 FEATURE_ROUTES: list[Route] = [
@@ -16,6 +16,7 @@ FEATURE_ROUTES: list[Route] = [
     *delete.ROUTES,
     *changefeed.ROUTES,
     *health.ROUTES,
+    *workitems.ROUTES,
 ]
 
 

@@ -35,7 +35,8 @@ def _searching(level: Level) -> Handler:
             ),
         )
         # 200 with [] when nothing matches (PS3.18 10.6.3.2); dicomweb-client and OHIF accept it.
-        # dicomweb-client reads the body only when the type is exactly application/dicom+json (field-notes.md).
+        # dicomweb-client reads the body only when the type is exactly application/dicom+json
+        # (docs/architecture.md, "Facts the code relies on").
         return Response(
             json.dumps(result.matches, separators=(",", ":"), ensure_ascii=False).encode(),
             status_code=200,

@@ -40,7 +40,8 @@ async def store(request: Request) -> Response:
         StoreRequest(partition=partition, study_uid=study, upsert=request.method == "PUT", base_url=base_url(request)),
         parts,
     )
-    # dicomweb-client reads the body only when the type is exactly application/dicom+json (field-notes.md).
+    # dicomweb-client reads the body only when the type is exactly application/dicom+json
+    # (docs/architecture.md, "Facts the code relies on").
     return Response(
         _json_bytes(result.to_dicom_json()),
         status_code=result.status,

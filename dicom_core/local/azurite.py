@@ -2,14 +2,18 @@
 
 Azurite comes from npm (``package.json`` at the repository root). It runs with
 ``--skipApiVersionCheck`` because the Python SDKs speak newer API versions than it
-knows (field-notes.md).
+knows. On Linux the emulator is told to stop when the process that started it dies,
+whatever the way out (SIGKILL included), so it never outlives the server or the tests.
 """
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +41,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _stop_with_parent() -> None:
+    """In the child before exec: ask Linux to send SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def find_executable() -> str:
@@ -107,11 +117,12 @@ def start(
     ]
     if in_memory:
         command.append("--inMemoryPersistence")
+    before_exec = _stop_with_parent if sys.platform == "linux" else None
     if log_file:
         with open(log_file, "ab") as output:  # the child keeps its own copy of the descriptor
-            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, preexec_fn=before_exec)
     else:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=before_exec)
     deadline = time.monotonic() + timeout
     for port in (blob_port, queue_port, table_port):
         while True:

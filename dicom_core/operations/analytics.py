@@ -34,6 +34,7 @@ from dicom_core.storage.analytics_tables import AnalyticsBusy, AnalyticsTables, 
 from dicom_core.storage.changefeed_store import FeedEntry
 from dicom_core.storage.lake import FileMissing
 from dicom_core.storage.layout import InstanceKey
+from dicom_core.storage.records import InstanceRecord
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ async def open_tables(services: Services) -> AnalyticsTables:
 
 @contextlib.asynccontextmanager
 async def _exclusive(services: Services) -> AsyncIterator[SyncLease]:
-    blobs = connections.blob_service(services.settings.lake)
+    blobs = connections.blob_service(services.settings.lake, services.statistics)
     lease = SyncLease(blobs, services.settings.file_system, services.layout.analytics_folder)
     try:
         await lease.acquire()
@@ -91,29 +92,22 @@ async def _bounded(calls: Iterable[Awaitable]) -> list:
     return await asyncio.gather(*(one(call) for call in calls))
 
 
-async def _instance_rows(services: Services, keys: list[InstanceKey], changed: dict[InstanceKey, datetime]) -> list[dict]:
-    entities = await _bounded(services.index.get_instance(key) for key in keys)
-    present = [entity for entity in entities if entity is not None]
-    models = await _bounded(_model(services, entity) for entity in present)
-    return [
-        schema.instance_row(entity, model, changed.get(schema.instance_key(entity)))
-        for entity, model in zip(present, models, strict=True)
-        if model is not None
-    ]
-
-
-async def _model(services: Services, instance: dict) -> dict | None:
+async def _model(services: Services, instance: InstanceRecord) -> dict | None:
     """The instance's DICOM JSON: from the index, else (too large for it) from its file; None when the file is gone."""
-    model = schema.stored_metadata(instance)
+    model = instance.metadata
     if model is not None:
         return model
-    path, _ = schema.instance_file(instance)
     try:
-        file = await services.lake.properties(path)
+        file = await services.lake.properties(instance.path)
     except FileMissing:
         return None
-    _, described = await describe_file(services, path, file)
+    _, described = await describe_file(services, instance.path, file)
     return described.metadata if described is not None else None
+
+
+def _latest(times: Iterable[datetime | None]) -> datetime | None:
+    known = [moment for moment in times if moment is not None]
+    return max(known) if known else None
 
 
 async def _apply(
@@ -123,29 +117,56 @@ async def _apply(
     pending: dict[str, list[InstanceKey]],
     sequence: int,
 ) -> dict[str, int]:
-    """Replace the rows of the keys ``pending`` names per table with their current ones; record ``sequence``."""
+    """Replace the rows of the keys ``pending`` names per table with their current ones; record ``sequence``.
+
+    ``changed`` holds each key's change time (its feed entry's; None in a rebuild, where the
+    time it was stored stands in). A series or study row takes the latest of its keys'.
+    """
     layout = services.layout
+    instances = dict(zip(changed, await _bounded(services.index.get_instance(key) for key in changed), strict=True))
+    times = {key: changed[key] or (record.stored_at if record else None) for key, record in instances.items()}
     written = {}
-    instance_keys = pending.get(schema.INSTANCES)
-    if instance_keys is not None:
-        rows = await _instance_rows(services, instance_keys, {k: v for k, v in changed.items() if v is not None})
-        await tables.replace(schema.INSTANCES, [schema.instance_key_value(layout, key) for key in instance_keys], rows, sequence)
+    if schema.INSTANCES in pending:
+        keys = pending[schema.INSTANCES]
+        present = [instances[key] for key in keys if instances[key] is not None]
+        models = await _bounded(_model(services, record) for record in present)
+        rows = [
+            schema.instance_row(record, model, times[record.key])
+            for record, model in zip(present, models, strict=True)
+            if model is not None
+        ]
+        await tables.replace(schema.INSTANCES, [schema.instance_key_value(layout, key) for key in keys], rows, sequence)
         written[schema.INSTANCES] = len(rows)
-    series_keys = pending.get(schema.SERIES)
-    if series_keys is not None:
-        series_keys = list({(k.partition, k.study, k.series): k for k in series_keys}.values())
-        entities = await _bounded(services.index.get_series(k.partition, k.study, k.series) for k in series_keys)
-        rows = [schema.series_row(entity, layout) for entity in entities if entity is not None]
-        await tables.replace(schema.SERIES, [schema.series_key_value(layout, k) for k in series_keys], rows, sequence)
+    if schema.SERIES in pending:
+        groups = _grouped(pending[schema.SERIES], lambda key: (key.partition, key.study, key.series))
+        records = await _bounded(services.index.get_series(*group) for group in groups)
+        rows = [
+            schema.series_row(record, layout, _latest(times[key] for key in keys))
+            for record, keys in zip(records, groups.values(), strict=True)
+            if record is not None
+        ]
+        series_keys = [schema.series_key_value(layout, keys[0]) for keys in groups.values()]
+        await tables.replace(schema.SERIES, series_keys, rows, sequence)
         written[schema.SERIES] = len(rows)
-    study_keys = pending.get(schema.STUDIES)
-    if study_keys is not None:
-        study_keys = list({(k.partition, k.study): k for k in study_keys}.values())
-        entities = await _bounded(services.index.get_study(k.partition, k.study) for k in study_keys)
-        rows = [schema.study_row(entity, layout) for entity in entities if entity is not None]
-        await tables.replace(schema.STUDIES, [schema.study_key_value(layout, k) for k in study_keys], rows, sequence)
+    if schema.STUDIES in pending:
+        groups = _grouped(pending[schema.STUDIES], lambda key: (key.partition, key.study))
+        records = await _bounded(services.index.get_study(*group) for group in groups)
+        rows = [
+            schema.study_row(record, layout, _latest(times[key] for key in keys))
+            for record, keys in zip(records, groups.values(), strict=True)
+            if record is not None
+        ]
+        study_keys = [schema.study_key_value(layout, keys[0]) for keys in groups.values()]
+        await tables.replace(schema.STUDIES, study_keys, rows, sequence)
         written[schema.STUDIES] = len(rows)
     return written
+
+
+def _grouped(keys: list[InstanceKey], group_of: Callable[[InstanceKey], tuple]) -> dict[tuple, list[InstanceKey]]:
+    groups: dict[tuple, list[InstanceKey]] = {}
+    for key in keys:
+        groups.setdefault(group_of(key), []).append(key)
+    return groups
 
 
 def _pending(entries: list[FeedEntry], applied: dict[str, int]) -> dict[str, list[InstanceKey]]:
@@ -214,8 +235,8 @@ async def rebuild(services: Services, *, batch_size: int | None = None, progress
                 progress(len(batch))
             batch.clear()
 
-        async for entity in services.index.all_instances():
-            batch.append(schema.instance_key(entity))
+        async for instance in services.index.all_instances():
+            batch.append(instance.key)
             if len(batch) >= batch_size:
                 await flush()
         if batch:

@@ -18,7 +18,6 @@ from typing import Any
 from dicom_core.errors import BadRequest
 from dicom_core.services import Services
 from dicom_core.storage.changefeed_store import CURRENT, FeedEntry
-from dicom_core.storage.index import decode_json
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 200
@@ -105,5 +104,5 @@ async def _json(services: Services, entry: FeedEntry, include_metadata: bool) ->
     }
     if include_metadata:
         instance = await services.index.get_instance(key) if entry.state == CURRENT else None
-        body["Metadata"] = decode_json(instance.get("Metadata")) if instance is not None else None
+        body["Metadata"] = instance.metadata if instance is not None else None
     return body

@@ -7,6 +7,7 @@ and the change to its series and study (``index_entries``).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -15,8 +16,8 @@ from dicom_core.dicom.levels import INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS, leve
 from dicom_core.dicom.parse import ParsedInstance, parse_instance, pydicom_lock
 from dicom_core.dicom.structure import StructureLimits
 from dicom_core.settings import Limits
-from dicom_core.storage.index import InstanceRecord, LevelUpdate
 from dicom_core.storage.layout import InstanceKey
+from dicom_core.storage.records import InstanceRecord, LevelUpdate
 
 
 @dataclass
@@ -49,9 +50,9 @@ def describe_instance(file: BinaryIO, size: int, limits: StructureLimits) -> Des
 
 
 def index_entries(
-    described: DescribedInstance, key: InstanceKey, path: str, size: int, etag: str, *, new: bool
+    described: DescribedInstance, key: InstanceKey, path: str, size: int, etag: str
 ) -> tuple[InstanceRecord, LevelUpdate]:
-    """The instance entity's record and the series/study change of a file at ``path`` (``new``: it counts)."""
+    """The instance entity's record and what the series and study entities keep of a file at ``path``."""
     parsed = described.parsed
     record = InstanceRecord(
         key=key,
@@ -62,14 +63,13 @@ def index_entries(
         transfer_syntax=parsed.transfer_syntax,
         number_of_frames=parsed.number_of_frames,
         frame_ranges=parsed.frame_ranges,
-        metadata=described.metadata,
+        metadata_json=json.dumps(described.metadata, separators=(",", ":")).encode(),
         attributes=described.instance_attributes,
     )
     update = LevelUpdate(
         partition=key.partition,
         study=key.study,
         series=key.series,
-        instances_added=1 if new else 0,
         modality=str(parsed.dataset.get("Modality", "") or ""),
         study_attributes=described.study_attributes,
         series_attributes=described.series_attributes,

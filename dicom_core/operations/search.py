@@ -3,7 +3,7 @@
 A search is answered by point reads and key ranges only (docs/index-design.md):
 
 1. ``parse_query`` turns the query string into constraints (dicom/query.py).
-2. One constraint *drives* the search: the cheapest way in. UIDs known from the URL or
+2. One constraint *drives* the search: the cheapest way in (storage/lookup_plan.py costs them). UIDs known from the URL or
    the query are point reads of the study, series or instance entity; any other key is
    a range of the lookup table (storage/lookup.py) that yields candidate UID paths.
    Without any constraint, the level's own table is read in key order.
@@ -15,7 +15,7 @@ A search is answered by point reads and key ranges only (docs/index-design.md):
    study, the instances of a series.
 
 Results come in the order of the driving range: by the driving key's normalized value,
-then by UIDs (README, "Order"); paging reads ``offset + limit + 1`` matches and stops,
+then by UIDs (docs/search.md, "Limits, order and paging"); paging reads ``offset + limit + 1`` matches and stops,
 the extra one telling whether a ``Warning`` header is due.
 """
 
@@ -26,9 +26,10 @@ import json
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 
-from dicom_core.dicom.levels import INSTANCE_TAGS
-from dicom_core.dicom.query import (
+from dicom_core.dicom.constraints import Constraint, UidList
+from dicom_core.dicom.levels import (
     INSTANCE_AVAILABILITY,
+    INSTANCE_TAGS,
     LEVEL_TAGS,
     MODALITIES_IN_STUDY,
     NUMBER_OF_SERIES_RELATED_INSTANCES,
@@ -36,22 +37,18 @@ from dicom_core.dicom.query import (
     NUMBER_OF_STUDY_RELATED_SERIES,
     RETRIEVE_URL,
     UID_KEYS,
-    Constraint,
-    InvalidQuery,
     Level,
-    LookupPlan,
-    SearchQuery,
-    UidList,
-    parse_query,
 )
+from dicom_core.dicom.query import InvalidQuery, SearchQuery, parse_query
 from dicom_core.errors import BadRequest
 from dicom_core.services import Services
-from dicom_core.storage.index import Index, decode_json, study_partition_key
+from dicom_core.storage.index import Index
 from dicom_core.storage.lookup import parse_row_key, partition_key
+from dicom_core.storage.lookup_plan import COST_UID, LookupPlan, plan
+from dicom_core.storage.records import InstanceRecord, LevelRecord, SeriesRecord, StudyRecord
 
 _VERIFY_CONCURRENCY = 16  # candidates verified at once (point reads in flight)
 _SYNTHESIZED = {RETRIEVE_URL, INSTANCE_AVAILABILITY}
-_INSTANCE_FIELDS = ["PartitionKey", "RowKey", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Attributes"]
 WARNING_AGENT = "dicomweb-lake"
 
 Path = tuple[str, ...]
@@ -81,6 +78,33 @@ class _Row:
     attributes: dict[Level, dict] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Driver:
+    """Where candidates come from: point reads of known UIDs, or one lookup plan; at ``level``."""
+
+    level: Level
+    cost: int
+    paths: list[Path] | None = None
+    lookup: LookupPlan | None = None
+
+    def better_than(self, other: _Driver | None) -> bool:
+        """Cheaper wins; at equal cost the deeper level wins, since it verifies fewer candidates per match."""
+        if other is None:
+            return True
+        if self.cost != other.cost:
+            return self.cost < other.cost
+        return self.level > other.level
+
+
+def _path(record: LevelRecord) -> Path:
+    """The UID path (study, series, instance) of a record."""
+    if isinstance(record, StudyRecord):
+        return (record.study,)
+    if isinstance(record, SeriesRecord):
+        return (record.study, record.series)
+    return (record.key.study, record.key.series, record.key.sop)
+
+
 async def search(services: Services, request: SearchRequest) -> SearchResult:
     """Answer one QIDO-RS request; see the module docstring."""
     try:
@@ -102,12 +126,17 @@ async def search(services: Services, request: SearchRequest) -> SearchResult:
     page = rows[query.offset : query.offset + query.limit]
     warning = None
     if len(rows) > query.offset + query.limit:
-        cap = f" (at most {query.limit} per request: DICOM_MAX_SEARCH_RESULTS)" if query.limit_capped else ""
-        warning = (
-            f'299 {WARNING_AGENT} "The number of results exceeded the limit{cap}. Additional results can be '
-            f'requested with offset={query.offset + query.limit}."'
-        )
+        warning = more_results_warning(query.offset, query.limit, query.limit_capped)
     return SearchResult([searcher.render(row, request.base_url) for row in page], warning)
+
+
+def more_results_warning(offset: int, limit: int, capped: bool) -> str:
+    """The Warning header of a page that is not the last (PS3.18 8.3.4.4); ``capped``: the limit asked for was cut."""
+    cap = f" (at most {limit} per request: DICOM_MAX_SEARCH_RESULTS)" if capped else ""
+    return (
+        f'299 {WARNING_AGENT} "The number of results exceeded the limit{cap}. Additional results can be '
+        f'requested with offset={offset + limit}."'
+    )
 
 
 def _own_uid(constraint: Constraint, level: Level) -> bool:
@@ -135,8 +164,9 @@ class _Search:
         # The levels whose entity must be read: it is returned from, or matched beyond its UID.
         self.needed = {level: level <= query.level and self._returns_or_matches(level) for level in Level}
         extra = query.returned - LEVEL_TAGS[Level.STUDY] - LEVEL_TAGS[Level.SERIES] - set(INSTANCE_TAGS) - _SYNTHESIZED
-        self.instance_fields = _INSTANCE_FIELDS + (["Metadata"] if query.include_all or extra else [])
-        self._cache: dict[tuple[Level, Path], asyncio.Task[dict | None]] = {}
+        # Attributes no level entity keeps come from the instance's whole data set.
+        self.with_metadata = query.include_all or bool(extra)
+        self._cache: dict[tuple[Level, Path], asyncio.Future[dict | None]] = {}
 
     def _returns_or_matches(self, level: Level) -> bool:
         wanted = self.query.wanted(level)
@@ -146,23 +176,21 @@ class _Search:
 
     def rows(self) -> AsyncIterator[_Row]:
         """Every match, in the documented order."""
-        query = self.query
-        points = self._point_driver()
-        plans = [
-            (constraint.key.level, constraint.lookup())
-            for constraint in query.constraints
-            if not _own_uid(constraint, Level.STUDY)
-        ]
-        best = min(plans, key=lambda item: (item[1].cost, -item[0]), default=None)
-        if points is not None and (best is None or (0, -points[0]) <= (best[1].cost, -best[0])):
-            level, paths = points
-            return self._verified(level, self._from_paths(paths), lookup=False)
-        if best is not None:
-            level, plan = best
-            return self._verified(level, self._from_lookup(level, plan), lookup=True)
-        return self._scan()
+        driver = self._point_driver()
+        for constraint in self.query.constraints:
+            if _own_uid(constraint, Level.STUDY):
+                continue  # a study UID is a point read, considered above
+            lookup = plan(constraint)
+            candidate = _Driver(constraint.key.level, lookup.cost, lookup=lookup)
+            if candidate.better_than(driver):  # ties keep the earlier: point reads, then the first constraint
+                driver = candidate
+        if driver is None:
+            return self._scan()
+        if driver.paths is not None:
+            return self._verified(driver.level, self._from_paths(driver.paths), lookup=False)
+        return self._verified(driver.level, self._from_lookup(driver.level, driver.lookup), lookup=True)
 
-    def _point_driver(self) -> tuple[Level, list[Path]] | None:
+    def _point_driver(self) -> _Driver | None:
         """The deepest level whose UIDs are all known (with one known parent): point reads."""
         studies = self.known[Level.STUDY]
         if studies is None:
@@ -175,21 +203,21 @@ class _Search:
                 break
             paths = [(*paths[0], uid) for uid in sorted(uids)]
             level = deeper
-        return level, paths
+        return _Driver(level, COST_UID, paths=paths)
 
-    async def _from_paths(self, paths: list[Path]) -> AsyncIterator[tuple[Path, dict | None]]:
+    async def _from_paths(self, paths: list[Path]) -> AsyncIterator[tuple[Path, LevelRecord | None]]:
         for path in paths:
             yield path, None
 
-    async def _from_lookup(self, level: Level, plan: LookupPlan) -> AsyncIterator[tuple[Path, dict | None]]:
+    async def _from_lookup(self, level: Level, lookup: LookupPlan) -> AsyncIterator[tuple[Path, LevelRecord | None]]:
         """Candidate paths from the lookup ranges, filtered by their indexed value, each once."""
-        pk = partition_key(self.partition, level, plan.attribute)
+        pk = partition_key(self.partition, level, lookup.attribute)
         seen: set[Path] = set()
         page_size = self.query.offset + self.query.limit + 1
-        for value_range in plan.ranges:
+        for value_range in lookup.ranges:
             async for row_key in self.index.lookup.scan(pk, value_range, page_size):
                 value, cut, path = parse_row_key(row_key)
-                if path in seen or (plan.accepts is not None and not cut and not plan.accepts(value)):
+                if path in seen or (lookup.accepts is not None and not cut and not lookup.accepts(value)):
                     continue
                 seen.add(path)
                 yield path, None
@@ -197,18 +225,16 @@ class _Search:
     async def _scan(self) -> AsyncIterator[_Row]:
         """No constraint: the level's own table, in key order, as far as the page needs."""
         level = self.query.level
-        select = self.instance_fields if level == Level.INSTANCE else None
         page_size = self.query.offset + self.query.limit + 1
-        async for entity in self.index.in_partition(level, self.partition, select=select, page_size=page_size):
-            path = tuple(entity[UID_KEYS[at]] for at in Level if at <= level)
-            row = await self._row(level, path, entity)
+        async for record in self.index.in_partition(level, self.partition, metadata=self.with_metadata, page_size=page_size):
+            row = await self._row(level, _path(record), record)
             if row is not None:
                 yield row
 
     # -- verification and expansion ------------------------------------------------------------------
 
     async def _verified(
-        self, level: Level, candidates: AsyncIterator[tuple[Path, dict | None]], lookup: bool
+        self, level: Level, candidates: AsyncIterator[tuple[Path, LevelRecord | None]], lookup: bool
     ) -> AsyncIterator[_Row]:
         """Verify candidates of ``level`` a few at a time (point reads in parallel), then expand each match."""
         chunk: list[Awaitable[_Row | None]] = []
@@ -228,7 +254,7 @@ class _Search:
         async for row in drain():
             yield row
 
-    async def _row(self, level: Level, path: Path, entity: dict | None, must_read: bool = False) -> _Row | None:
+    async def _row(self, level: Level, path: Path, record: LevelRecord | None, must_read: bool = False) -> _Row | None:
         """The candidate at ``path`` with the attributes of the levels needed, or None when it does not match."""
         if not self._uids_match(path):
             return None
@@ -236,8 +262,8 @@ class _Search:
         for at in Level:
             if at > level:
                 break
-            if at == level and entity is not None:
-                attributes = self._attributes(at, entity)
+            if at == level and record is not None:
+                attributes = _attributes(record)
             elif self.needed[at] or (at == level and must_read):
                 attributes = await self._read(at, path[: at + 1])
                 if attributes is None:
@@ -255,20 +281,20 @@ class _Search:
             yield row
             return
         child = Level(level + 1)
-        study_key = study_partition_key(self.partition, row.path[0])
+        study = row.path[0]
         if child == Level.SERIES and not self.needed[Level.SERIES]:
             # Instances of a study straight from the study's partition: no series attribute is needed.
             child = Level.INSTANCE
-            entities = self.index.children(child, study_key, select=self.instance_fields)
+            records = self.index.children(child, self.partition, study, metadata=self.with_metadata)
         elif child == Level.SERIES:
-            entities = self.index.children(child, study_key)
+            records = self.index.children(child, self.partition, study)
         else:
-            entities = self.index.children(child, study_key, row.path[1], select=self.instance_fields)
-        async for entity in entities:
-            path = tuple(entity[UID_KEYS[at]] for at in Level if at <= child)
+            records = self.index.children(child, self.partition, study, row.path[1], metadata=self.with_metadata)
+        async for record in records:
+            path = _path(record)
             if not self._uids_match(path):
                 continue
-            attributes = self._attributes(child, entity)
+            attributes = _attributes(record)
             if not self._matches(child, attributes):
                 continue
             found = _Row(path, {**row.attributes, child: attributes})
@@ -293,31 +319,8 @@ class _Search:
         return await self._cache[key]
 
     async def _read_entity(self, level: Level, path: Path) -> dict | None:
-        if level == Level.STUDY:
-            entity = await self.index.read(level, self.partition, path[0])
-        elif level == Level.SERIES:
-            entity = await self.index.read(level, study_partition_key(self.partition, path[0]), path[1])
-        else:
-            pk, rk = study_partition_key(self.partition, path[0]), f"{path[1]}|{path[2]}"
-            entity = await self.index.read(level, pk, rk, select=self.instance_fields)
-        return None if entity is None else self._attributes(level, entity)
-
-    @staticmethod
-    def _attributes(level: Level, entity: dict) -> dict:
-        """An entity's DICOM JSON, with what QIDO computes from its counts (PS3.18 10.6.3.3)."""
-        attributes = json.loads(entity.get("Attributes") or "{}")
-        if level == Level.STUDY:
-            modalities = sorted(m for m, n in json.loads(entity.get("ModalityCounts") or "{}").items() if n > 0)
-            if modalities:
-                attributes[f"{MODALITIES_IN_STUDY:08X}"] = {"vr": "CS", "Value": modalities}
-            attributes[f"{NUMBER_OF_STUDY_RELATED_SERIES:08X}"] = _count(entity, "NumberOfStudyRelatedSeries")
-            attributes[f"{NUMBER_OF_STUDY_RELATED_INSTANCES:08X}"] = _count(entity, "NumberOfStudyRelatedInstances")
-        elif level == Level.SERIES:
-            attributes[f"{NUMBER_OF_SERIES_RELATED_INSTANCES:08X}"] = _count(entity, "NumberOfSeriesRelatedInstances")
-        elif entity.get("Metadata"):
-            metadata = decode_json(entity["Metadata"]) or {}
-            attributes = {tag: e for tag, e in metadata.items() if "BulkDataURI" not in e} | attributes
-        return attributes
+        record = await self.index.read(level, self.partition, path, metadata=level == Level.INSTANCE and self.with_metadata)
+        return None if record is None else _attributes(record)
 
     # -- results ------------------------------------------------------------------------------------------
 
@@ -344,5 +347,21 @@ class _Search:
         return dict(sorted(result.items()))
 
 
-def _count(entity: dict, name: str) -> dict:
-    return {"vr": "IS", "Value": [int(entity.get(name, 0) or 0)]}
+def _attributes(record: LevelRecord) -> dict:
+    """A record's DICOM JSON, with what QIDO computes from its counts (PS3.18 10.6.3.3)."""
+    attributes = dict(record.attributes)
+    if isinstance(record, StudyRecord):
+        if record.modalities:
+            attributes[f"{MODALITIES_IN_STUDY:08X}"] = {"vr": "CS", "Value": record.modalities}
+        attributes[f"{NUMBER_OF_STUDY_RELATED_SERIES:08X}"] = _count(record.series_count)
+        attributes[f"{NUMBER_OF_STUDY_RELATED_INSTANCES:08X}"] = _count(record.instance_count)
+    elif isinstance(record, SeriesRecord):
+        attributes[f"{NUMBER_OF_SERIES_RELATED_INSTANCES:08X}"] = _count(record.instance_count)
+    elif isinstance(record, InstanceRecord) and record.metadata_json:
+        metadata = json.loads(record.metadata_json)
+        attributes = {tag: element for tag, element in metadata.items() if "BulkDataURI" not in element} | attributes
+    return attributes
+
+
+def _count(number: int) -> dict:
+    return {"vr": "IS", "Value": [number]}

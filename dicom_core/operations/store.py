@@ -3,8 +3,19 @@
 Each instance succeeds or fails on its own. The sequence for one instance is:
 parse and validate the header, zero the preamble, write the file atomically at
 its contract path (create-only for POST, replace for PUT), then write its index
-entity. The study and series entities (counts, modalities, attributes) are
-updated once per series per request, after its instances are in.
+entity (in transactions of up to 100 per study). Then, once per request:
+
+- when a DELETE ran in one of the studies meanwhile (the delete marker of
+  storage/delete_journal.py was set or changed), each of its new files is looked at
+  again, and an instance whose file that delete removed is taken out of the index and
+  reported failed: a store racing a delete ends stored and counted, or refused;
+- the change feed announces the new versions;
+- every series touched is recounted from its instance entities, and its study from
+  its series (storage/index.py ``refresh``), instances already stored included, so a
+  retry of a request that was cut off repairs the counts and the feed it left behind.
+
+A request killed at any point leaves files that are indexed or orphans (a retry, the
+blob-created event in Azure or a reindex indexes them): docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -14,32 +25,32 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from azure.core.exceptions import AzureError, HttpResponseError
+from azure.core.exceptions import AzureError
 
 from dicom_core.dicom.errors import InvalidInstance, UnreadableInstance
+from dicom_core.dicom.failure_reasons import (
+    CANNOT_UNDERSTAND,
+    INSTANCE_EXISTS,
+    PROCESSING_FAILURE,
+    STUDY_UID_MISMATCH,
+    VALIDATION_FAILED,
+)
 from dicom_core.dicom.parse import PREAMBLE_LENGTH
 from dicom_core.dicom.structure import StructureLimits
 from dicom_core.errors import StorageUnavailable
 from dicom_core.operations.indexing import DescribedInstance, describe_instance, index_entries, structure_limits
 from dicom_core.services import Services
 from dicom_core.storage.changefeed_store import Change
-from dicom_core.storage.index import InstanceRecord, LevelUpdate, entity_size, instance_entity
-from dicom_core.storage.lake import InstanceExists, WrittenFile, describe_storage_error
+from dicom_core.storage.errors import STORAGE_FAILURES, describe_failure
+from dicom_core.storage.index import PreparedInstance
+from dicom_core.storage.lake import FileMissing, InstanceExists, LakeFile
 from dicom_core.storage.layout import InstanceKey
+from dicom_core.storage.records import InstanceRecord, LevelUpdate
 
 logger = logging.getLogger(__name__)
-
-# Failure reasons (FailureReason 0008,1197), as the Azure DICOM service numbers them
-# where it defines one, PS3.4 Annex B otherwise.
-PROCESSING_FAILURE = 272  # 0x0110
-OUT_OF_RESOURCES = 42752  # 0xA700, the instance is larger than the configured maximum
-VALIDATION_FAILED = 43264  # 0xA900
-STUDY_UID_MISMATCH = 43265  # 0xA901
-CANNOT_UNDERSTAND = 49152  # 0xC000: not a DICOM Part 10 file, or not an application/dicom part
-INSTANCE_EXISTS = 45070
 
 
 @dataclass
@@ -88,7 +99,7 @@ class StoreResult:
 
     @property
     def status(self) -> int:
-        """200 all stored, 202 some stored, 409 none stored (design.md, Error model)."""
+        """200 all stored, 202 some stored, 409 none stored (PS3.18 10.5.3, docs/errors.md)."""
         if not self.failed:
             return 200
         return 202 if self.stored else 409
@@ -133,21 +144,26 @@ async def store_instances(services: Services, request: StoreRequest, parts: Asyn
     """Store every part of a STOW-RS request; see the module docstring."""
     slots = asyncio.Semaphore(services.settings.limits.store_concurrency)
     entities = _InstanceEntityBatches(services)
+    deletes = _DeleteWatch(services)
     tasks: list[asyncio.Task] = []
+    received: list[ReceivedPart] = []
 
     async def run(part: ReceivedPart) -> InstanceOutcome:
         try:
-            outcome, pending = await _store_file(services, request, part)
+            outcome, pending = await _store_file(services, request, part, deletes)
         finally:
             part.file.close()
             slots.release()
-        if pending is not None:
+        if pending is not None and pending.stored_before:
+            entities.already_stored(pending)
+        elif pending is not None:
             await entities.add(outcome, pending)
         return outcome
 
     try:
         async for part in parts:
             await slots.acquire()  # back-pressure: read the next part only when a slot is free
+            received.append(part)
             tasks.append(asyncio.create_task(run(part)))
         outcomes = list(await asyncio.gather(*tasks))
         await entities.flush_all()
@@ -156,12 +172,17 @@ async def store_instances(services: Services, request: StoreRequest, parts: Asyn
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await entities.cancel()
+        for part in received:
+            part.file.close()  # a task cancelled before it started never ran its own close
         raise
     result = StoreResult(outcomes)
     try:
-        await _record_levels(services, entities.level_updates)
-    except (AzureError, RuntimeError) as error:
-        raise StorageUnavailable(_storage_message("updating the study and series index entries", error)) from error
+        await deletes.withdraw_what_they_removed(entities.indexed)
+        touched = [pending for _, pending in entities.indexed] + entities.duplicates
+        await _announce(services, [pending for pending in touched if pending.announce])
+        await _record_levels(services, [pending.update for pending in touched])
+    except STORAGE_FAILURES as error:
+        raise StorageUnavailable(describe_failure("updating the study and series index entries", error)) from error
 
     storage_failures = [o for o in outcomes if o.failure_reason == PROCESSING_FAILURE]
     if storage_failures and len(storage_failures) == len(outcomes):
@@ -174,14 +195,8 @@ async def store_instances(services: Services, request: StoreRequest, parts: Asyn
 
 
 async def _record_levels(services: Services, updates: list[LevelUpdate]) -> None:
-    """One series/study entity change per series touched; studies in parallel, series of a study in turn."""
-    merged: dict[tuple[str, str, str], LevelUpdate] = {}
-    for update in updates:
-        key = (update.partition, update.study, update.series)
-        previous = merged.get(key)
-        if previous is not None:
-            update = replace(update, instances_added=previous.instances_added + update.instances_added)
-        merged[key] = update
+    """One recount per series touched (the last attributes seen win); studies in parallel, series of a study in turn."""
+    merged = {(update.partition, update.study, update.series): update for update in updates}
     by_study: dict[tuple[str, str], list[LevelUpdate]] = defaultdict(list)
     for (partition, study, _), update in merged.items():
         by_study[(partition, study)].append(update)
@@ -195,11 +210,60 @@ async def _record_levels(services: Services, updates: list[LevelUpdate]) -> None
 
 @dataclass
 class _PendingEntity:
-    """An instance whose file is in the lake and whose index entity is not written yet."""
+    """An instance whose file is in the lake and whose index entity is not written yet (or was, before: a duplicate)."""
 
     record: InstanceRecord
     update: LevelUpdate
     replaced: bool
+    stored_before: bool = False  # a POST of an instance already stored: nothing is written, the feed and counts checked
+    announce: bool = True  # False once withdrawn because a concurrent delete removed its file
+
+
+class _DeleteWatch:
+    """Whether a DELETE ran in a study while this request stored into it (storage/delete_journal.py, the marker).
+
+    The marker is read before the first file of a study is written and again after every
+    entity is; a delete that could have removed one of those files was running at the
+    first read, or began or ended between the two, so it changed the marker.
+    """
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._before: dict[tuple[str, str], asyncio.Future] = {}
+
+    async def before_writing(self, partition: str, study: str) -> None:
+        if (partition, study) not in self._before:
+            self._before[(partition, study)] = asyncio.ensure_future(self._services.deletes.marker(partition, study))
+        await self._before[(partition, study)]
+
+    async def withdraw_what_they_removed(self, indexed: list[tuple[InstanceOutcome, _PendingEntity]]) -> None:
+        """Settle each new instance of a study a delete ran in: stored and indexed, or refused.
+
+        A delete removes files first and entries after. So when the file is gone the delete
+        removed it: the entry goes too and the instance is reported failed. When the file is
+        this request's but the entry is gone, the delete removed the entry after this request
+        wrote the file: the entry is written again, and the instance stays stored.
+        """
+        raced = set()
+        for (partition, study), first in self._before.items():
+            before, after = first.result(), await self._services.deletes.marker(partition, study)
+            if (before is not None and before.jobs) or (before and before.version) != (after and after.version):
+                raced.add((partition, study))
+        for outcome, pending in indexed:
+            key = pending.record.key
+            if (key.partition, key.study) not in raced:
+                continue
+            try:
+                file = await self._services.lake.properties(pending.record.path)
+            except FileMissing:
+                await self._services.index.delete_instance(key)
+                pending.announce = False
+                outcome.failure_reason = PROCESSING_FAILURE
+                outcome.message = "a DELETE of this study that ran at the same time removed the instance; store it again"
+                outcome.retrieve_url = None
+                continue
+            if file.etag == pending.record.etag and await self._services.index.get_instance(key) is None:
+                await self._services.index.put_instance(pending.record)
 
 
 class _InstanceEntityBatches:
@@ -215,31 +279,38 @@ class _InstanceEntityBatches:
 
     def __init__(self, services: Services) -> None:
         self._services = services
-        self._open: dict[str, list[tuple[InstanceOutcome, _PendingEntity, dict]]] = {}
-        self._open_bytes: dict[str, int] = defaultdict(int)
+        # Open batches by study: a transaction holds entities of one PartitionKey only.
+        self._open: dict[tuple[str, str], list[tuple[InstanceOutcome, _PendingEntity, PreparedInstance]]] = {}
+        self._open_bytes: dict[tuple[str, str], int] = defaultdict(int)
         self._flushes: list[asyncio.Task] = []
-        self.level_updates: list[LevelUpdate] = []
+        self.indexed: list[tuple[InstanceOutcome, _PendingEntity]] = []
+        self.duplicates: list[_PendingEntity] = []
+
+    def already_stored(self, pending: _PendingEntity) -> None:
+        self.duplicates.append(pending)
 
     async def add(self, outcome: InstanceOutcome, pending: _PendingEntity) -> None:
-        entity = instance_entity(pending.record)
-        batch = self._open.setdefault(entity["PartitionKey"], [])
-        if any(existing["RowKey"] == entity["RowKey"] for _, _, existing in batch):
-            self._start_flush(entity["PartitionKey"])  # one entity appears once per transaction
-            batch = self._open.setdefault(entity["PartitionKey"], [])
-        batch.append((outcome, pending, entity))
-        self._open_bytes[entity["PartitionKey"]] += entity_size(entity)
-        if len(batch) >= self._MAX_ENTITIES or self._open_bytes[entity["PartitionKey"]] >= self._MAX_BYTES:
-            self._start_flush(entity["PartitionKey"])
+        prepared = self._services.index.prepare_instance(pending.record)
+        key = pending.record.key
+        study = (key.partition, key.study)
+        batch = self._open.setdefault(study, [])
+        if any(existing.record.key == key for _, _, existing in batch):
+            self._start_flush(study)  # one entity appears once per transaction
+            batch = self._open.setdefault(study, [])
+        batch.append((outcome, pending, prepared))
+        self._open_bytes[study] += prepared.size
+        if len(batch) >= self._MAX_ENTITIES or self._open_bytes[study] >= self._MAX_BYTES:
+            self._start_flush(study)
 
-    def _start_flush(self, partition_key: str) -> None:
-        self._open_bytes.pop(partition_key, None)
-        batch = self._open.pop(partition_key, [])
+    def _start_flush(self, study: tuple[str, str]) -> None:
+        self._open_bytes.pop(study, None)
+        batch = self._open.pop(study, [])
         if batch:
             self._flushes.append(asyncio.create_task(self._write(batch)))
 
     async def flush_all(self) -> None:
-        for partition_key in list(self._open):
-            self._start_flush(partition_key)
+        for study in list(self._open):
+            self._start_flush(study)
         await asyncio.gather(*self._flushes)
 
     async def cancel(self) -> None:
@@ -247,30 +318,24 @@ class _InstanceEntityBatches:
             task.cancel()
         await asyncio.gather(*self._flushes, return_exceptions=True)
 
-    async def _write(self, batch: list[tuple[InstanceOutcome, _PendingEntity, dict]]) -> None:
+    async def _write(self, batch: list[tuple[InstanceOutcome, _PendingEntity, PreparedInstance]]) -> None:
         index = self._services.index
-        indexed = [pending for _, pending, _ in batch]
         try:
-            # New instances are created, not upserted: when a reconcile indexed the file first, it counted it.
-            new = {pending.record.key for pending in indexed if not pending.replaced}
-            await index.put_instances([entity for _, _, entity in batch], create=new)
-            self.level_updates.extend(pending.update for pending in indexed)
+            await index.put_instances([prepared for _, _, prepared in batch])
+            self.indexed.extend((outcome, pending) for outcome, pending, _ in batch)
         except AzureError:
             logger.warning("an instance entity transaction failed; writing its %d entities one by one", len(batch))
-            indexed = []
             for outcome, pending, _ in batch:
                 try:
-                    counts = await index.put_instance(pending.record, create=not pending.replaced)
+                    await index.put_instance(pending.record)
                 except AzureError as error:
                     await self._fail(outcome, pending, error)
                 else:
-                    self.level_updates.append(pending.update if counts else replace(pending.update, instances_added=0))
-                    indexed.append(pending)
-        await _announce(self._services, indexed)
+                    self.indexed.append((outcome, pending))
 
     async def _fail(self, outcome: InstanceOutcome, pending: _PendingEntity, error: AzureError) -> None:
         outcome.failure_reason = PROCESSING_FAILURE
-        outcome.message = _storage_message("indexing the stored instance", error)
+        outcome.message = describe_failure("indexing the stored instance", error)
         outcome.retrieve_url = None
         if not pending.replaced:
             with contextlib.suppress(AzureError):
@@ -278,21 +343,23 @@ class _InstanceEntityBatches:
 
 
 async def _announce(services: Services, indexed: list[_PendingEntity]) -> None:
-    """Add the change-feed entries of indexed instances (create, or update when replaced).
+    """Add the change-feed entries of indexed instances (create, or update when replaced; nothing when announced).
 
     The instance is stored and indexed already, so a feed that cannot be written does
     not fail it: the version stays unannounced until a reconcile of its path (the
     blob-created event in Azure) or a reindex announces it (operations/reconcile.py).
     """
     try:
-        changes = [Change(p.record.key, p.record.path, p.record.etag, probably_new=not p.replaced) for p in indexed]
+        changes = [
+            Change(p.record.key, p.record.path, p.record.etag, probably_new=not (p.replaced or p.stored_before)) for p in indexed
+        ]
         await services.changefeed.append(changes)
-    except (AzureError, RuntimeError) as error:
+    except STORAGE_FAILURES as error:
         logger.warning("the change feed could not be written for %d instances: %s", len(indexed), type(error).__name__)
 
 
 async def _store_file(
-    services: Services, request: StoreRequest, part: ReceivedPart
+    services: Services, request: StoreRequest, part: ReceivedPart, deletes: _DeleteWatch
 ) -> tuple[InstanceOutcome, _PendingEntity | None]:
     """Validate one part and write its file; the index entity is written by the caller, in batches."""
     if part.refusal is not None:
@@ -318,26 +385,37 @@ async def _store_file(
     key = InstanceKey(request.partition, parsed.study_uid, parsed.series_uid, parsed.sop_uid)
     path = services.layout.instance_path(key)
     try:
+        await deletes.before_writing(key.partition, key.study)
         written, replaced = await _write_file(services, request, key, path, part)
-    except InstanceExists:
+    except _AlreadyStored as stored:
         outcome.failure_reason = INSTANCE_EXISTS
         outcome.message = "an instance with these UIDs is already stored; use PUT to replace it"
-        return outcome, None
+        # Checked as if stored again: a request cut off after indexing it may not have announced or counted it.
+        _, update = index_entries(prepared, key, path, part.size, stored.record.etag)
+        return outcome, _PendingEntity(stored.record, update, replaced=False, stored_before=True)
     except (AzureError, OSError) as error:
         logger.warning("writing an instance file failed: %s", type(error).__name__)
         outcome.failure_reason = PROCESSING_FAILURE
-        outcome.message = _storage_message("writing the instance to the lake", error)
+        outcome.message = describe_failure("writing the instance to the lake", error)
         return outcome, None
 
     outcome.replaced = replaced
     outcome.retrieve_url = f"{request.base_url}/studies/{key.study}/series/{key.series}/instances/{key.sop}"
-    record, update = index_entries(prepared, key, path, part.size, written.etag, new=not replaced)
+    record, update = index_entries(prepared, key, path, part.size, written.etag)
     return outcome, _PendingEntity(record, update, replaced)
+
+
+class _AlreadyStored(Exception):
+    """POST of an instance that is stored and indexed: ``record`` is its index entry."""
+
+    def __init__(self, record: InstanceRecord) -> None:
+        super().__init__(record.path)
+        self.record = record
 
 
 async def _write_file(
     services: Services, request: StoreRequest, key: InstanceKey, path: str, part: ReceivedPart
-) -> tuple[WrittenFile, bool]:
+) -> tuple[LakeFile, bool]:
     """Write the file create-only; on a conflict replace it for PUT, or for POST when it is an orphan.
 
     An orphan is a file without an index entity: the leftover of a store that failed
@@ -348,11 +426,11 @@ async def _write_file(
     try:
         return await services.lake.write(path, part.file, part.size, overwrite=False), False
     except InstanceExists:
-        indexed = await services.index.get_instance(key) is not None
-        if indexed and not request.upsert:
-            raise
+        record = await services.index.get_instance(key)
+        if record is not None and not request.upsert:
+            raise _AlreadyStored(record) from None
     part.file.seek(0)
-    return await services.lake.write(path, part.file, part.size, overwrite=True), indexed
+    return await services.lake.write(path, part.file, part.size, overwrite=True), record is not None
 
 
 def _prepare(part: ReceivedPart, limits: StructureLimits) -> DescribedInstance:
@@ -363,8 +441,3 @@ def _prepare(part: ReceivedPart, limits: StructureLimits) -> DescribedInstance:
     part.file.write(bytes(PREAMBLE_LENGTH))
     return prepared
 
-
-def _storage_message(doing: str, error: Exception) -> str:
-    if isinstance(error, HttpResponseError):
-        return f"{doing} failed: {describe_storage_error(error)}"
-    return f"{doing} failed: the storage service could not be reached ({type(error).__name__})"

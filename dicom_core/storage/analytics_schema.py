@@ -1,4 +1,4 @@
-"""The columns of the analytics Delta tables, and the rows built from index entities.
+"""The columns of the analytics Delta tables, and the rows built from index records.
 
 Column names follow Fabric's ``ImagingDicom`` bronze table (camelCase attribute
 keywords, ``filePath``, ``metadata_string``) where it has one, so notebooks written
@@ -12,7 +12,7 @@ parse (a malformed DA, say) is null in the typed column and stays readable in
 ``metadata_string``.
 
 This module and storage/analytics_tables.py are the only places that name Delta
-columns; operations hand over index entities and DICOM JSON.
+columns; operations hand over index records and DICOM JSON.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from dicom_core.storage.index import decode_json
 from dicom_core.storage.layout import InstanceKey, LakeLayout
+from dicom_core.storage.records import InstanceRecord, SeriesRecord, StudyRecord
 
 INSTANCES, SERIES, STUDIES = "instances", "series", "studies"
 TABLE_NAMES = (INSTANCES, SERIES, STUDIES)
@@ -255,43 +255,27 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-# -- rows from index entities ----------------------------------------------------------------------
+# -- rows from index records ---------------------------------------------------------------------
 
 
-def stored_metadata(instance: dict) -> dict | None:
-    """The DICOM JSON an instance entity holds; None when it was too large for the index (read the file)."""
-    return decode_json(instance.get("Metadata"))
-
-
-def instance_key(instance: dict) -> InstanceKey:
-    """The key of an instance entity (also of the key-only entities Index.all_instances yields)."""
-    return InstanceKey(
-        instance["PartitionName"], instance["StudyInstanceUID"], instance["SeriesInstanceUID"], instance["SOPInstanceUID"]
-    )
-
-
-def instance_file(instance: dict) -> tuple[str, int]:
-    """The lake path and size of an instance entity's file."""
-    return instance["Path"], int(instance.get("Size") or 0)
-
-
-def instance_row(instance: dict, model: dict, changed_at: datetime | None) -> dict[str, Any]:
-    """The instances-table row of an instance entity and its DICOM JSON ``model``."""
+def instance_row(instance: InstanceRecord, model: dict, changed_at: datetime | None) -> dict[str, Any]:
+    """The instances-table row of an instance and its DICOM JSON ``model``."""
+    key = instance.key
     row: dict[str, Any] = {
-        "partitionName": instance["PartitionName"],
-        "studyInstanceUid": instance["StudyInstanceUID"],
-        "seriesInstanceUid": instance["SeriesInstanceUID"],
-        "sopInstanceUid": instance["SOPInstanceUID"],
+        "partitionName": key.partition,
+        "studyInstanceUid": key.study,
+        "seriesInstanceUid": key.series,
+        "sopInstanceUid": key.sop,
     }
     for column in (*ATTRIBUTE_COLUMNS.values(), *extended_query_tag_columns()):
         row[column.name] = attribute_value(model, column)
-    row["sopClassUid"] = instance.get("SOPClassUID") or row["sopClassUid"]
-    stored_at = _utc(instance.get("StoredAt"))
+    row["sopClassUid"] = instance.sop_class_uid or row["sopClassUid"]
+    stored_at = _utc(instance.stored_at)
     row.update(
-        filePath=instance["Path"],
-        fileSize=int(instance.get("Size") or 0),
-        transferSyntaxUid=instance.get("TransferSyntaxUID"),
-        numberOfFrames=int(instance.get("NumberOfFrames") or 1),
+        filePath=instance.path,
+        fileSize=instance.size,
+        transferSyntaxUid=instance.transfer_syntax,
+        numberOfFrames=instance.number_of_frames,
         storedAt=stored_at,
         lastChangedAt=_utc(changed_at) or stored_at,
         metadata_string=json.dumps(without_bulk_data(model), separators=(",", ":")),
@@ -299,33 +283,33 @@ def instance_row(instance: dict, model: dict, changed_at: datetime | None) -> di
     return row
 
 
-def series_row(series: dict, layout: LakeLayout) -> dict[str, Any]:
-    """The series-table row of a series entity."""
-    attributes = json.loads(series.get("Attributes") or "{}")
-    partition, study, uid = series["PartitionName"], series["StudyInstanceUID"], series["SeriesInstanceUID"]
-    row: dict[str, Any] = {"partitionName": partition, "studyInstanceUid": study, "seriesInstanceUid": uid}
-    row.update({name: attribute_value(attributes, ATTRIBUTE_COLUMNS[name]) for name in _SERIES_ATTRIBUTES})
-    row["modality"] = series.get("Modality") or row["modality"]
+def series_row(series: SeriesRecord, layout: LakeLayout, changed_at: datetime | None) -> dict[str, Any]:
+    """The series-table row of a series."""
+    row: dict[str, Any] = {
+        "partitionName": series.partition,
+        "studyInstanceUid": series.study,
+        "seriesInstanceUid": series.series,
+    }
+    row.update({name: attribute_value(series.attributes, ATTRIBUTE_COLUMNS[name]) for name in _SERIES_ATTRIBUTES})
+    row["modality"] = series.modality or row["modality"]
     row.update(
-        numberOfSeriesRelatedInstances=int(series.get("NumberOfSeriesRelatedInstances") or 0),
-        folderPath=layout.series_folder(partition, study, uid),
-        lastChangedAt=_utc(series.get("UpdatedAt")),
+        numberOfSeriesRelatedInstances=series.instance_count,
+        folderPath=layout.series_folder(series.partition, series.study, series.series),
+        lastChangedAt=_utc(changed_at),
     )
     return row
 
 
-def study_row(study: dict, layout: LakeLayout) -> dict[str, Any]:
-    """The studies-table row of a study entity; ModalitiesInStudy from its per-modality series counts."""
-    attributes = json.loads(study.get("Attributes") or "{}")
-    partition, uid = study["PartitionName"], study["StudyInstanceUID"]
-    row: dict[str, Any] = {"partitionName": partition, "studyInstanceUid": uid}
-    row.update({name: attribute_value(attributes, ATTRIBUTE_COLUMNS[name]) for name in _STUDY_ATTRIBUTES})
+def study_row(study: StudyRecord, layout: LakeLayout, changed_at: datetime | None) -> dict[str, Any]:
+    """The studies-table row of a study; ModalitiesInStudy from its per-modality series counts."""
+    row: dict[str, Any] = {"partitionName": study.partition, "studyInstanceUid": study.study}
+    row.update({name: attribute_value(study.attributes, ATTRIBUTE_COLUMNS[name]) for name in _STUDY_ATTRIBUTES})
     row.update(
-        modalitiesInStudy=sorted(json.loads(study.get("ModalityCounts") or "{}")),
-        numberOfStudyRelatedSeries=int(study.get("NumberOfStudyRelatedSeries") or 0),
-        numberOfStudyRelatedInstances=int(study.get("NumberOfStudyRelatedInstances") or 0),
-        folderPath=layout.study_folder(partition, uid),
-        lastChangedAt=_utc(study.get("UpdatedAt")),
+        modalitiesInStudy=study.modalities,
+        numberOfStudyRelatedSeries=study.series_count,
+        numberOfStudyRelatedInstances=study.instance_count,
+        folderPath=layout.study_folder(study.partition, study.study),
+        lastChangedAt=_utc(changed_at),
     )
     return row
 

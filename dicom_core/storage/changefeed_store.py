@@ -27,7 +27,6 @@ per partition bounds the feed at roughly that many events per second.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,11 +34,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableTransactionError, UpdateMode
-from azure.data.tables.aio import TableClient, TableServiceClient
+from azure.data.tables.aio import TableServiceClient
 
+from dicom_core.storage.errors import StorageContention
+from dicom_core.storage.keys import joined
 from dicom_core.storage.layout import InstanceKey
+from dicom_core.storage.tables import Table
 
 FEED_PARTITION = "feed"
 COUNTER = "counter"
@@ -67,6 +69,16 @@ class Change:
 
 
 @dataclass(frozen=True)
+class Pointer:
+    """The latest announced version of one instance: its entry's sequence and file ETag, or its deletion."""
+
+    key: InstanceKey
+    latest: int
+    file_etag: str
+    deleted: bool
+
+
+@dataclass(frozen=True)
 class FeedEntry:
     sequence: int
     key: InstanceKey
@@ -81,7 +93,7 @@ def entry_row_key(sequence: int) -> str:
 
 
 def pointer_row_key(key: InstanceKey) -> str:
-    return f"i{key.partition}|{key.study}|{key.series}|{key.sop}"
+    return "i" + joined(key.partition, key.study, key.series, key.sop)
 
 
 def _entry(entity: dict) -> FeedEntry:
@@ -97,15 +109,11 @@ def _entry(entity: dict) -> FeedEntry:
     )
 
 
-class ChangeFeedStore:
+class ChangeFeedStore(Table):
     """Append to and read the change feed table ``{prefix}changefeed``."""
 
     def __init__(self, service: TableServiceClient, table_prefix: str) -> None:
-        self.table: TableClient = service.get_table_client(f"{table_prefix}changefeed")
-
-    async def prepare(self) -> None:
-        with contextlib.suppress(ResourceExistsError):
-            await self.table.create_table()
+        super().__init__(service, f"{table_prefix}changefeed")
 
     async def append(self, changes: Sequence[Change]) -> int:
         """Announce ``changes`` (skipping versions already announced); the number of entries written."""
@@ -139,7 +147,7 @@ class ChangeFeedStore:
             else:
                 operations.insert(0, _conditional_update(new_counter, counter))
             try:
-                await self.table.submit_transaction(operations)
+                await self.client.submit_transaction(operations)
             except TableTransactionError as error:
                 if error.status_code not in (409, 412):
                     raise
@@ -147,7 +155,7 @@ class ChangeFeedStore:
                 await asyncio.sleep(random.uniform(0, min(0.002 * (attempt + 1), 0.05)))
                 continue
             return sum(1 for operation in operations if operation[1]["RowKey"].startswith("e") and operation[0] == "create")
-        raise RuntimeError(f"gave up appending to the change feed after {_RETRIES} conflicting writers")
+        raise StorageContention(f"gave up appending to the change feed after {_RETRIES} conflicting writers")
 
     async def _pointer(self, change: Change, *, guess: bool) -> Any:
         if guess and change.probably_new:
@@ -156,9 +164,24 @@ class ChangeFeedStore:
 
     async def _get(self, row_key: str) -> Any:
         try:
-            return await self.table.get_entity(FEED_PARTITION, row_key)
+            return await self.client.get_entity(FEED_PARTITION, row_key)
         except ResourceNotFoundError:
             return None
+
+    async def snapshot(self) -> tuple[int, list[FeedEntry], list[Pointer]]:
+        """The counter, every entry and every pointer: the whole feed, for the consistency checker only."""
+        last, entries, pointers = 0, [], []
+        async for entity in self.client.query_entities("PartitionKey eq @pk", parameters={"pk": FEED_PARTITION}):
+            row_key = entity["RowKey"]
+            if row_key == COUNTER:
+                last = int(entity["Last"])
+            elif row_key.startswith("e"):
+                entries.append(_entry(entity))
+            else:
+                partition, study, series, sop = row_key[1:].split("|")
+                key = InstanceKey(partition, study, series, sop)
+                pointers.append(Pointer(key, int(entity["Latest"]), entity["FileETag"], bool(entity["Deleted"])))
+        return last, entries, pointers
 
     async def latest(self) -> FeedEntry | None:
         """The entry with the highest sequence, or None when the feed is empty."""
@@ -176,7 +199,7 @@ class ChangeFeedStore:
         """Entries ``first`` to ``last`` (inclusive), by sequence: one key-range query."""
         query = "PartitionKey eq @pk and RowKey ge @low and RowKey le @high"
         parameters = {"pk": FEED_PARTITION, "low": entry_row_key(first), "high": entry_row_key(last)}
-        return [_entry(entity) async for entity in self.table.query_entities(query, parameters=parameters)]
+        return [_entry(entity) async for entity in self.client.query_entities(query, parameters=parameters)]
 
     async def read(self, start: datetime | None, end: datetime | None, offset: int, limit: int) -> list[FeedEntry]:
         """Entries with ``start <= Timestamp < end``, skipping ``offset``, at most ``limit``, by sequence."""

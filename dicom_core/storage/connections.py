@@ -11,6 +11,7 @@ from azure.storage.blob.aio import BlobServiceClient
 from azure.storage.filedatalake.aio import DataLakeServiceClient
 
 from dicom_core.settings import Connection
+from dicom_core.storage.tables import RequestStatistics, lake_hooks, table_hooks
 
 _PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 
@@ -38,8 +39,7 @@ def credential(connection: Connection) -> AsyncTokenCredential:
 
 def _missing(connection_name: str, what: str) -> ValueError:
     return ValueError(
-        f"setting {connection_name} has no connection string and no {connection_name}__{what}: "
-        "set one of them (design.md, Settings)"
+        f"setting {connection_name} has no connection string and no {connection_name}__{what}: set one of them (docs/settings.md)"
     )
 
 
@@ -54,28 +54,33 @@ _TRANSFER_OPTIONS = {
 }
 
 
-def blob_service(connection: Connection) -> BlobServiceClient:
+def _options(hooks: dict) -> dict:
+    return {"transport": _transport(), **hooks}
+
+
+def blob_service(connection: Connection, statistics: RequestStatistics) -> BlobServiceClient:
+    options = _options(lake_hooks(statistics)) | _TRANSFER_OPTIONS
     if connection.connection_string:
-        return BlobServiceClient.from_connection_string(connection.connection_string, transport=_transport(), **_TRANSFER_OPTIONS)
+        return BlobServiceClient.from_connection_string(connection.connection_string, **options)
     if not connection.blob_service_uri:
         raise _missing("DicomLake", "blobServiceUri")
-    return BlobServiceClient(
-        connection.blob_service_uri, credential=credential(connection), transport=_transport(), **_TRANSFER_OPTIONS
-    )
+    return BlobServiceClient(connection.blob_service_uri, credential=credential(connection), **options)
 
 
-def datalake_service(connection: Connection) -> DataLakeServiceClient:
+def datalake_service(connection: Connection, statistics: RequestStatistics) -> DataLakeServiceClient:
+    options = _options(lake_hooks(statistics))
     if connection.connection_string:
-        return DataLakeServiceClient.from_connection_string(connection.connection_string, transport=_transport())
+        return DataLakeServiceClient.from_connection_string(connection.connection_string, **options)
     uri = connection.dfs_service_uri or (connection.blob_service_uri or "").replace(".blob.", ".dfs.")
     if not uri:
         raise _missing("DicomLake", "dfsServiceUri")
-    return DataLakeServiceClient(uri, credential=credential(connection), transport=_transport())
+    return DataLakeServiceClient(uri, credential=credential(connection), **options)
 
 
-def table_service(connection: Connection) -> TableServiceClient:
+def table_service(connection: Connection, statistics: RequestStatistics) -> TableServiceClient:
+    options = _options(table_hooks(statistics))
     if connection.connection_string:
-        return TableServiceClient.from_connection_string(connection.connection_string, transport=_transport())
+        return TableServiceClient.from_connection_string(connection.connection_string, **options)
     if not connection.table_service_uri:
         raise _missing("DicomIndex", "tableServiceUri")
-    return TableServiceClient(connection.table_service_uri, credential=credential(connection), transport=_transport())
+    return TableServiceClient(connection.table_service_uri, credential=credential(connection), **options)

@@ -13,129 +13,82 @@ instances   ``{partition}|{study}``         ``{series}|{sop}``
 
 Instances of a study share a PartitionKey, so "instances of a study/series" is a
 single-partition range. Counts that searches return (related series and
-instances, modalities in study) live on the study and series entities and are
-changed with ETag optimistic concurrency, so concurrent stores and deletes keep
-them exact.
+instances, modalities in study) live on the study and series entities; they are
+recounted from the entities below them after every store and delete, under ETag
+optimistic concurrency, so concurrent and repeated stores and deletes keep them
+exact (``refresh``). Callers see typed records (storage/records.py), never entities.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
+import logging
 import zlib
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import UpdateMode
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableEntity, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
-from dicom_core.dicom.query import Level
+from dicom_core.dicom.levels import SERIES_TAGS, STUDY_TAGS, Level, level_json
+from dicom_core.storage.errors import StorageContention
+from dicom_core.storage.keys import (
+    UID_COLUMNS,
+    children_range,
+    instance_identity,
+    instance_keys,
+    key_of,
+    range_filter,
+    study_partition_key,
+)
 from dicom_core.storage.layout import InstanceKey
 from dicom_core.storage.lookup import Lookup, instance_entries, level_entries, study_entries
+from dicom_core.storage.records import InstanceRecord, LevelRecord, LevelUpdate, SeriesRecord, StudyRecord
+from dicom_core.storage.tables import Table
 
-_SEPARATOR = "|"
+logger = logging.getLogger(__name__)
+
 _MAX_BINARY = 64 * 1024  # Table Storage's limit for one binary property
 _CONCURRENCY_RETRIES = 50
-_APPLIED_DELETES_KEPT = 50  # delete jobs a study or series entity remembers, so a resumed delete counts once
-_SWEEP_PROPERTIES = ["PartitionKey", "RowKey", "PartitionName", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Path"]
+_MODALITY = "00080060"
+_PAGE = 1000  # Table Storage's largest page
+# Instance columns read unless the metadata is asked for: everything but the DICOM JSON, the largest.
+_INSTANCE_SUMMARY = [
+    *UID_COLUMNS, "SOPClassUID", "Path", "Size", "ETag", "TransferSyntaxUID", "NumberOfFrames", "FrameRanges", "Attributes",
+    "StoredAt",
+]  # fmt: skip
+_INSTANCE_SWEEP = [*UID_COLUMNS, "Path", "ETag"]
 
 
-@dataclass
-class IndexStatistics:
-    """What the index adapter asked of Table Storage; tests and benchmarks read it."""
-
-    requests: int = 0
-    entities_read: int = 0
-
-    def reset(self) -> None:
-        self.requests = 0
-        self.entities_read = 0
+# -- encodings --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class InstanceRecord:
-    """Everything the index keeps about one instance: retrieve needs no file read to plan."""
-
-    key: InstanceKey
-    sop_class_uid: str
-    path: str
-    size: int
-    etag: str
-    transfer_syntax: str
-    number_of_frames: int
-    frame_ranges: list[list[tuple[int, int]]] | None
-    metadata: dict | None
-    attributes: dict
-    stored_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-
-@dataclass(frozen=True)
-class LevelUpdate:
-    """The change one store request makes to a series: instances added, attributes seen."""
-
-    partition: str
-    study: str
-    series: str
-    instances_added: int
-    modality: str
-    study_attributes: dict
-    series_attributes: dict
-
-
-def study_partition_key(partition: str, study: str) -> str:
-    return f"{partition}{_SEPARATOR}{study}"
-
-
-def instance_row_key(series: str, sop: str) -> str:
-    return f"{series}{_SEPARATOR}{sop}"
-
-
-def encode_frame_ranges(ranges: list[list[tuple[int, int]]] | None) -> bytes | None:
-    """Frame byte ranges as compact compressed JSON, or None when too large for one property."""
-    if ranges is None:
-        return None
-    encoded = zlib.compress(json.dumps(ranges, separators=(",", ":")).encode())
+def _compressed(data: bytes, level: int = 6) -> bytes | None:
+    """``data`` compressed, or None when that is still too large for one property."""
+    encoded = zlib.compress(data, level)
     return encoded if len(encoded) <= _MAX_BINARY else None
 
 
-def decode_frame_ranges(value: bytes | None) -> list[list[tuple[int, int]]] | None:
+def _encode_frame_ranges(ranges: list[list[tuple[int, int]]] | None) -> bytes | None:
+    if ranges is None:
+        return None
+    return _compressed(json.dumps(ranges, separators=(",", ":")).encode())
+
+
+def _decode_frame_ranges(value: bytes | None) -> list[list[tuple[int, int]]] | None:
     if not value:
         return None
     return [[(offset, length) for offset, length in frame] for frame in json.loads(zlib.decompress(value))]
 
 
-def encode_json(value: dict | None) -> bytes | None:
-    if value is None:
-        return None
-    encoded = zlib.compress(json.dumps(value, separators=(",", ":")).encode(), 1)
-    return encoded if len(encoded) <= _MAX_BINARY else None
-
-
-def decode_json(value: bytes | None) -> dict | None:
-    return json.loads(zlib.decompress(value)) if value else None
-
-
-def instance_key_columns(key: InstanceKey) -> dict[str, str]:
-    """The keys and identifying columns of an instance's entity in the instances table (or a table keyed alike)."""
-    return {
-        "PartitionKey": study_partition_key(key.partition, key.study),
-        "RowKey": instance_row_key(key.series, key.sop),
-        "PartitionName": key.partition,
-        "StudyInstanceUID": key.study,
-        "SeriesInstanceUID": key.series,
-        "SOPInstanceUID": key.sop,
-    }
-
-
-def instance_entity(record: InstanceRecord) -> dict[str, Any]:
-    """The instances-table entity of ``record``."""
-    key = record.key
+def _instance_entity(record: InstanceRecord) -> dict[str, Any]:
     entity: dict[str, Any] = {
-        **instance_key_columns(key),
+        **instance_identity(record.key),
         "SOPClassUID": record.sop_class_uid,
         "Path": record.path,
         "Size": record.size,
@@ -145,22 +98,91 @@ def instance_entity(record: InstanceRecord) -> dict[str, Any]:
         "StoredAt": record.stored_at,
         "Attributes": json.dumps(record.attributes, separators=(",", ":")),
     }
-    frame_ranges = encode_frame_ranges(record.frame_ranges)
+    frame_ranges = _encode_frame_ranges(record.frame_ranges)
     if frame_ranges is not None:
         entity["FrameRanges"] = frame_ranges
-    metadata = encode_json(record.metadata)
+    metadata = _compressed(record.metadata_json, 1) if record.metadata_json else None
     if metadata is not None:
         entity["Metadata"] = metadata
     return entity
 
 
-def _key_of(entity: dict[str, Any]) -> InstanceKey:
-    return InstanceKey(entity["PartitionName"], entity["StudyInstanceUID"], entity["SeriesInstanceUID"], entity["SOPInstanceUID"])
+def _version(entity: TableEntity) -> str:
+    return str(entity.metadata.get("etag", "")) if hasattr(entity, "metadata") else ""
 
 
-def entity_size(entity: dict[str, Any]) -> int:
-    """An upper bound of the entity's size on the wire (binary goes as base64)."""
-    return 1024 + sum(len(value) * 4 // 3 + 64 for value in entity.values() if isinstance(value, str | bytes))
+def _instance_record(entity: TableEntity) -> InstanceRecord:
+    """The record of an instance entity; columns left out of the read take empty values."""
+    metadata = entity.get("Metadata")
+    return InstanceRecord(
+        key=key_of(entity),
+        sop_class_uid=entity.get("SOPClassUID", ""),
+        path=entity.get("Path", ""),
+        size=int(entity.get("Size") or 0),
+        etag=entity.get("ETag", ""),
+        transfer_syntax=entity.get("TransferSyntaxUID", ""),
+        number_of_frames=int(entity.get("NumberOfFrames") or 1),
+        frame_ranges=_decode_frame_ranges(entity.get("FrameRanges")),
+        metadata_json=zlib.decompress(metadata) if metadata else None,
+        attributes=json.loads(entity.get("Attributes") or "{}"),
+        stored_at=entity.get("StoredAt") or datetime.now(UTC),
+        version=_version(entity),
+        reconciliation_needed=entity.get("ReconciliationNeeded"),
+    )
+
+
+def _series_record(entity: TableEntity) -> SeriesRecord:
+    return SeriesRecord(
+        partition=entity["PartitionName"],
+        study=entity["StudyInstanceUID"],
+        series=entity["SeriesInstanceUID"],
+        modality=str(entity.get("Modality", "") or ""),
+        attributes=json.loads(entity.get("Attributes") or "{}"),
+        instance_count=int(entity.get("NumberOfSeriesRelatedInstances", 0) or 0),
+        version=_version(entity),
+    )
+
+
+def _study_record(entity: TableEntity) -> StudyRecord:
+    return StudyRecord(
+        partition=entity["PartitionName"],
+        study=entity["StudyInstanceUID"],
+        attributes=json.loads(entity.get("Attributes") or "{}"),
+        series_count=int(entity.get("NumberOfStudyRelatedSeries", 0) or 0),
+        instance_count=int(entity.get("NumberOfStudyRelatedInstances", 0) or 0),
+        modality_counts=json.loads(entity.get("ModalityCounts") or "{}"),
+        version=_version(entity),
+    )
+
+
+_DECODERS: dict[Level, Callable[[TableEntity], LevelRecord]] = {
+    Level.STUDY: _study_record,
+    Level.SERIES: _series_record,
+    Level.INSTANCE: _instance_record,
+}
+
+
+def _keys(level: Level, partition: str, path: tuple[str, ...]) -> tuple[str, str]:
+    """(PartitionKey, RowKey) of the entity at UID ``path`` (study first) of ``level``."""
+    study, *rest = path
+    if level == Level.STUDY:
+        return partition, study
+    if level == Level.SERIES:
+        return study_partition_key(partition, study), rest[0]
+    return instance_keys(InstanceKey(partition, study, rest[0], rest[1]))
+
+
+@dataclass(frozen=True)
+class PreparedInstance:
+    """An instance record encoded once for a transaction; ``size`` bounds its encoded size on the wire."""
+
+    record: InstanceRecord
+    entity: dict[str, Any]
+
+    @property
+    def size(self) -> int:
+        # Binary goes as base64: 4/3 of its length, plus property names and JSON framing.
+        return 1024 + sum(len(value) * 4 // 3 + 64 for value in self.entity.values() if isinstance(value, str | bytes))
 
 
 class Index:
@@ -168,142 +190,166 @@ class Index:
 
     def __init__(self, service: TableServiceClient, table_prefix: str) -> None:
         self._service = service
-        self.studies: TableClient = service.get_table_client(f"{table_prefix}studies")
-        self.series: TableClient = service.get_table_client(f"{table_prefix}series")
-        self.instances: TableClient = service.get_table_client(f"{table_prefix}instances")
-        self.statistics = IndexStatistics()
-        self.lookup = Lookup(service, table_prefix, self.statistics)
+        self._studies = Table(service, f"{table_prefix}studies")
+        self._series = Table(service, f"{table_prefix}series")
+        self._instances = Table(service, f"{table_prefix}instances")
+        self.lookup = Lookup(service, table_prefix)
+
+    @property
+    def _tables(self) -> dict[Level, TableClient]:
+        return {Level.STUDY: self._studies.client, Level.SERIES: self._series.client, Level.INSTANCE: self._instances.client}
 
     async def close(self) -> None:
         await self._service.close()
 
     async def prepare(self) -> None:
-        for table in (self.studies, self.series, self.instances):
-            with contextlib.suppress(ResourceExistsError):
-                await table.create_table()
-        await self.lookup.prepare()
+        for table in (self._studies, self._series, self._instances, self.lookup):
+            await table.prepare()
 
     # -- instances ---------------------------------------------------------------------------
 
-    async def get_instance(self, key: InstanceKey) -> dict | None:
-        """The instance entity, or None."""
-        self.statistics.requests += 1
-        try:
-            entity = await self.instances.get_entity(
-                study_partition_key(key.partition, key.study), instance_row_key(key.series, key.sop)
-            )
-        except ResourceNotFoundError:
-            return None
-        self.statistics.entities_read += 1
-        return entity
+    async def get_instance(self, key: InstanceKey) -> InstanceRecord | None:
+        entity = await self._get(self._instances.client, *instance_keys(key))
+        return None if entity is None else _instance_record(entity)
 
-    async def put_instance(self, record: InstanceRecord, *, create: bool = False) -> bool:
-        """Create or replace one instance entity; True when it was created.
+    def prepare_instance(self, record: InstanceRecord) -> PreparedInstance:
+        return PreparedInstance(record, _instance_entity(record))
 
-        With ``create``, the entity is created when absent and replaced otherwise, and
-        the result tells which: only the writer that created it counts the instance.
-        """
-        entity = instance_entity(record)
-        await self.lookup.put(instance_entries(entity))  # first: an entity is never visible without its entries
-        if create:
-            self.statistics.requests += 1
-            try:
-                await self.instances.create_entity(entity)
-                return True
-            except ResourceExistsError:
-                pass
-        self.statistics.requests += 1
-        await self.instances.upsert_entity(entity, mode=UpdateMode.REPLACE)
-        return False
+    async def put_instance(self, record: InstanceRecord) -> None:
+        """Create or replace one instance entity (counts follow from ``refresh``)."""
+        await self.lookup.put(instance_entries(record))  # first: an entity is never visible without its entries
+        await self._instances.client.upsert_entity(_instance_entity(record), mode=UpdateMode.REPLACE)
 
-    async def put_instances(self, entities: list[dict], *, create: set[InstanceKey] | frozenset = frozenset()) -> None:
-        """Create or replace instance entities of one study in one transaction (at most 100, under 4 MiB).
-
-        Entities of the keys in ``create`` are create-only: the transaction fails when one exists.
-        """
-        await self.lookup.put(entry for entity in entities for entry in instance_entries(entity))
-        self.statistics.requests += 1
-        await self.instances.submit_transaction(
-            [
-                ("create", entity) if _key_of(entity) in create else ("upsert", entity, {"mode": UpdateMode.REPLACE})
-                for entity in entities
-            ]
+    async def put_instances(self, prepared: list[PreparedInstance]) -> None:
+        """Create or replace instance entities of one study in one transaction (at most 100, under 4 MiB)."""
+        await self.lookup.put(entry for item in prepared for entry in instance_entries(item.record))
+        await self._instances.client.submit_transaction(
+            [("upsert", item.entity, {"mode": UpdateMode.REPLACE}) for item in prepared]
         )
 
-    async def instances_of_study(self, partition: str, study: str, series: str | None = None) -> AsyncIterator[dict]:
-        """Instance entities of a study (or of one series of it), by key range."""
-        pk = study_partition_key(partition, study)
-        if series is None:
-            query, parameters = "PartitionKey eq @pk", {"pk": pk}
+    def instances_of_study(
+        self, partition: str, study: str, series: str | None = None, *, metadata: bool = True
+    ) -> AsyncIterator[InstanceRecord]:
+        """Instance records of a study (or of one series of it), by key range."""
+        return self.children(Level.INSTANCE, partition, study, series, metadata=metadata)  # type: ignore[return-value]
+
+    async def all_instances(self, partition: str | None = None) -> AsyncIterator[InstanceRecord]:
+        """Every instance (of one partition), keys, path and ETag only; for reindex, never for a request."""
+        if partition is None:
+            entities = self._instances.client.list_entities(select=_INSTANCE_SWEEP, results_per_page=_PAGE)
         else:
-            query = "PartitionKey eq @pk and RowKey gt @low and RowKey lt @high"
-            parameters = {"pk": pk, "low": f"{series}{_SEPARATOR}", "high": f"{series}{chr(ord(_SEPARATOR) + 1)}"}
-        self.statistics.requests += 1
-        async for entity in self.instances.query_entities(query, parameters=parameters):
-            self.statistics.entities_read += 1
-            yield entity
+            query, parameters = range_filter("PartitionKey", *children_range(partition))
+            entities = self._instances.client.query_entities(
+                query, parameters=parameters, select=_INSTANCE_SWEEP, results_per_page=_PAGE
+            )
+        async for entity in entities:
+            yield _instance_record(entity)
+
+    async def all_of(self, level: Level) -> AsyncIterator[LevelRecord]:
+        """Every study or series record of every partition; for the consistency checker and reindex only."""
+        decode = _DECODERS[level]
+        async for entity in self._tables[level].list_entities(results_per_page=_PAGE):
+            yield decode(entity)
+
+    async def delete_instance(self, key: InstanceKey) -> None:
+        """Remove one instance entity (no error when it is gone already)."""
+        await self._instances.client.delete_entity(*instance_keys(key))
+
+    async def delete_entry(self, level: Level, partition: str, path: tuple[str, ...]) -> None:
+        """Remove the study, series or instance entity at UID ``path`` alone, counts and lookups untouched."""
+        await self._tables[level].delete_entity(*_keys(level, partition, path))
+
+    async def flag_for_reconciliation(self, key: InstanceKey, reason: str) -> None:
+        """Mark an instance whose file changed in the lake outside the API; logged, never raised.
+
+        ``ReconciliationNeeded`` holds the reason and ``ReconciliationFlaggedAt`` the time, merged
+        into the entity, so that reconciliation can find and repair it; nothing else changes.
+        """
+        partition_key, row_key = instance_keys(key)
+        entity = {
+            "PartitionKey": partition_key,
+            "RowKey": row_key,
+            "ReconciliationNeeded": reason,
+            "ReconciliationFlaggedAt": datetime.now(UTC),
+        }
+        try:
+            await self._instances.client.update_entity(entity, mode=UpdateMode.MERGE)
+        except ResourceNotFoundError:
+            return  # deleted meanwhile: nothing left to reconcile
+        except AzureError as error:
+            logger.warning("could not flag instance %s for reconciliation: %s", key.sop, type(error).__name__)
 
     # -- studies and series ------------------------------------------------------------------
 
-    async def get_study(self, partition: str, study: str) -> dict | None:
-        return await self._get(self.studies, partition, study)
+    async def get_study(self, partition: str, study: str) -> StudyRecord | None:
+        entity = await self._get(self._studies.client, partition, study)
+        return None if entity is None else _study_record(entity)
 
-    async def get_series(self, partition: str, study: str, series: str) -> dict | None:
-        return await self._get(self.series, study_partition_key(partition, study), series)
+    async def get_series(self, partition: str, study: str, series: str) -> SeriesRecord | None:
+        entity = await self._get(self._series.client, study_partition_key(partition, study), series)
+        return None if entity is None else _series_record(entity)
 
-    async def _get(self, table: TableClient, pk: str, rk: str, select: list[str] | None = None) -> dict | None:
-        self.statistics.requests += 1
+    async def _get(self, table: TableClient, pk: str, rk: str, select: list[str] | None = None) -> TableEntity | None:
         try:
-            entity = await table.get_entity(pk, rk, select=select)
+            return await table.get_entity(pk, rk, select=select)
         except ResourceNotFoundError:
             return None
-        self.statistics.entities_read += 1
-        return entity
 
-    # -- searches (operations/search.py): point reads and key ranges, every request counted ----------
+    # -- searches (operations/search.py): point reads and key ranges --------------------------------
 
-    def table_of(self, level: Level) -> TableClient:
-        return (self.studies, self.series, self.instances)[level]
-
-    async def read(self, level: Level, pk: str, rk: str, select: list[str] | None = None) -> dict | None:
-        """One study, series or instance entity by its keys (a point read), or None."""
-        return await self._get(self.table_of(level), pk, rk, select)
+    async def read(
+        self, level: Level, partition: str, path: tuple[str, ...], *, metadata: bool = False
+    ) -> LevelRecord | None:
+        """The study, series or instance at UID ``path`` (study first) by a point read, or None."""
+        entity = await self._get(self._tables[level], *_keys(level, partition, path), self._columns(level, metadata))
+        return None if entity is None else _DECODERS[level](entity)
 
     def children(
-        self, level: Level, pk: str, series: str | None = None, *, select: list[str] | None = None, page_size: int = 1000
-    ) -> AsyncIterator[dict]:
-        """The entities of one PartitionKey (series or instances of a study), or of one series in it (its instances)."""
-        query, parameters = "PartitionKey eq @pk", {"pk": pk}
+        self,
+        level: Level,
+        partition: str,
+        study: str,
+        series: str | None = None,
+        *,
+        metadata: bool = False,
+        page_size: int = _PAGE,
+    ) -> AsyncIterator[LevelRecord]:
+        """The series or instances of a study, or the instances of one series of it, in key order."""
+        query, parameters = "PartitionKey eq @pk", {"pk": study_partition_key(partition, study)}
         if series is not None:
-            query += " and RowKey gt @low and RowKey lt @high"
-            parameters |= {"low": f"{series}{_SEPARATOR}", "high": f"{series}{chr(ord(_SEPARATOR) + 1)}"}
-        return self._pages(self.table_of(level), query, parameters, select, page_size)
+            row_query, row_parameters = range_filter("RowKey", *children_range(series))
+            query, parameters = f"{query} and {row_query}", parameters | row_parameters
+        return self._pages(level, query, parameters, metadata, page_size)
 
     def in_partition(
-        self, level: Level, partition: str, *, select: list[str] | None = None, page_size: int = 1000
-    ) -> AsyncIterator[dict]:
-        """Every entity of a level in one DICOM partition, in key order (a PartitionKey range below the study level)."""
+        self, level: Level, partition: str, *, metadata: bool = False, page_size: int = _PAGE
+    ) -> AsyncIterator[LevelRecord]:
+        """Every record of a level in one DICOM partition, in key order (a PartitionKey range below the study level)."""
         if level == Level.STUDY:
             query, parameters = "PartitionKey eq @pk", {"pk": partition}
         else:
-            query = "PartitionKey ge @low and PartitionKey lt @high"
-            parameters = {"low": f"{partition}{_SEPARATOR}", "high": f"{partition}{chr(ord(_SEPARATOR) + 1)}"}
-        return self._pages(self.table_of(level), query, parameters, select, page_size)
+            query, parameters = range_filter("PartitionKey", *children_range(partition))
+        return self._pages(level, query, parameters, metadata, page_size)
+
+    @staticmethod
+    def _columns(level: Level, metadata: bool) -> list[str] | None:
+        return None if level != Level.INSTANCE or metadata else _INSTANCE_SUMMARY
 
     async def _pages(
-        self, table: TableClient, query: str, parameters: dict, select: list[str] | None, page_size: int
-    ) -> AsyncIterator[dict]:
-        pages = table.query_entities(
-            query, parameters=parameters, select=select, results_per_page=min(max(page_size, 1), 1000)
+        self, level: Level, query: str, parameters: dict, metadata: bool, page_size: int
+    ) -> AsyncIterator[LevelRecord]:
+        pages = self._tables[level].query_entities(
+            query, parameters=parameters, select=self._columns(level, metadata), results_per_page=min(max(page_size, 1), _PAGE)
         ).by_page()
+        decode = _DECODERS[level]
         async for page in pages:
-            self.statistics.requests += 1
             async for entity in page:
-                self.statistics.entities_read += 1
-                yield entity
+                yield decode(entity)
+
+    # -- counts ------------------------------------------------------------------------------
 
     async def record_stored(self, update: LevelUpdate) -> None:
-        """Apply what a store request added to one series to its series and study entities.
+        """Make the series and study of a store agree with their instance entities, with the attributes just seen.
 
         The lookup entries of both go first, so a study or series is never visible without
         them; an entry left by a failure in between is stale, and searches verify entries.
@@ -312,129 +358,106 @@ class Index:
             study_entries(update.partition, update.study, update.study_attributes, update.modality)
             + level_entries(update.partition, Level.SERIES, (update.study, update.series), update.series_attributes)
         )
-        series_created = await self._change(
-            self.series,
-            study_partition_key(update.partition, update.study),
-            update.series,
-            lambda entity: _apply_series(entity, update),
-        )
-        await self._change(
-            self.studies,
-            update.partition,
-            update.study,
-            lambda entity: _apply_study(entity, update, series_created),
-        )
+        await self.refresh(update.partition, update.study, [update.series], update)
 
-    async def _change(self, table: TableClient, pk: str, rk: str, mutate: Callable[[dict], None]) -> bool:
-        """Read-modify-write one entity under ETag concurrency; True when it was created."""
+    async def refresh(
+        self, partition: str, study: str, series: Iterable[str], update: LevelUpdate | None = None
+    ) -> bool:
+        """Recount ``series`` of ``study`` and then the study from the entities under them; True when a count changed.
+
+        Counts are derived, never incremented, so a store or delete that is retried, or
+        killed and finished by another host, cannot count anything twice or not at all.
+        Each write is conditional on the ETag read before counting: whoever writes last
+        counted after every entity write that preceded it (docs/reliability.md), and every
+        writer of an instance entity refreshes afterwards.
+        """
+        changed = False
+        for uid in dict.fromkeys(series):
+            changed |= await self._refresh_series(partition, study, uid, update)
+        return await self._refresh_study(partition, study, update) or changed
+
+    async def _refresh_series(self, partition: str, study: str, series: str, update: LevelUpdate | None) -> bool:
+        table, pk = self._series.client, study_partition_key(partition, study)
         for _ in range(_CONCURRENCY_RETRIES):
-            current = await self._get(table, pk, rk)
-            entity = dict(current) if current is not None else {"PartitionKey": pk, "RowKey": rk}
-            mutate(entity)
-            self.statistics.requests += 1
+            current = await self._get(table, pk, series)
+            count = await self._count(self._instances.client, pk, *children_range(series))
+            before = int(current.get("NumberOfSeriesRelatedInstances", -1)) if current is not None else 0
             try:
-                if current is None:
-                    await table.create_entity(entity)
-                    return True
-                await table.update_entity(
-                    entity,
-                    mode=UpdateMode.REPLACE,
-                    etag=current.metadata["etag"],
-                    match_condition=MatchConditions.IfNotModified,
+                if count == 0:
+                    await self._remove(table, current)
+                    return current is not None
+                entity = dict(current) if current is not None else {"PartitionKey": pk, "RowKey": series}
+                attributes = update.series_attributes if update is not None else None
+                modality = update.modality if update is not None else None
+                if current is None and update is None:
+                    modality, attributes = await self._seen_in_series(partition, study, series, SERIES_TAGS)
+                entity.update(PartitionName=partition, StudyInstanceUID=study, SeriesInstanceUID=series)
+                entity.update(NumberOfSeriesRelatedInstances=count, UpdatedAt=datetime.now(UTC))
+                if attributes is not None:
+                    entity.update(Attributes=json.dumps(attributes, separators=(",", ":")), Modality=modality or "")
+                await self._write(table, entity, current)
+                return before != count
+            except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+                continue  # another writer got there first: read and count again
+        raise StorageContention(f"gave up recounting series {series} after {_CONCURRENCY_RETRIES} conflicts")
+
+    async def _refresh_study(self, partition: str, study: str, update: LevelUpdate | None) -> bool:
+        table = self._studies.client
+        for _ in range(_CONCURRENCY_RETRIES):
+            current = await self._get(table, partition, study)
+            series = [record async for record in self.children(Level.SERIES, partition, study)]
+            counts = (len(series), sum(record.instance_count for record in series))
+            modalities = dict(sorted(Counter(record.modality for record in series if record.modality).items()))
+            before = _study_record(current) if current is not None else None
+            try:
+                if not series:
+                    await self._remove(table, current)
+                    return current is not None
+                entity = dict(current) if current is not None else {"PartitionKey": partition, "RowKey": study}
+                attributes = update.study_attributes if update is not None else None
+                if current is None and update is None:
+                    _, attributes = await self._seen_in_series(partition, study, series[0].series, STUDY_TAGS)
+                entity.update(PartitionName=partition, StudyInstanceUID=study, UpdatedAt=datetime.now(UTC))
+                entity.update(NumberOfStudyRelatedSeries=counts[0], NumberOfStudyRelatedInstances=counts[1])
+                entity.update(ModalityCounts=json.dumps(modalities, sort_keys=True))
+                if attributes is not None:
+                    entity["Attributes"] = json.dumps(attributes, separators=(",", ":"))
+                await self._write(table, entity, current)
+                return before is None or (before.series_count, before.instance_count, dict(before.modality_counts)) != (
+                    *counts,
+                    modalities,
                 )
-                return False
-            except (ResourceExistsError, ResourceModifiedError):
-                continue  # another writer got there first: read again
-        raise RuntimeError(f"gave up updating {table.table_name} entity {pk}/{rk} after {_CONCURRENCY_RETRIES} conflicts")
+            except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+                continue
+        raise StorageContention(f"gave up recounting study {study} after {_CONCURRENCY_RETRIES} conflicts")
 
-    # -- deletes (operations/delete.py) --------------------------------------------------------
-
-    async def all_instances(self, partition: str | None = None) -> AsyncIterator[dict]:
-        """Every instance entity (of one partition: a PartitionKey range); for reindex, never for a request."""
-        if partition is None:
-            entities = self.instances.list_entities(select=_SWEEP_PROPERTIES)
+    @staticmethod
+    async def _write(table: TableClient, entity: dict, current: TableEntity | None) -> None:
+        """Create ``entity``, or replace ``current`` if nobody changed it since it was read."""
+        if current is None:
+            await table.create_entity(entity)
         else:
-            query = "PartitionKey ge @low and PartitionKey lt @high"
-            bounds = {"low": f"{partition}{_SEPARATOR}", "high": f"{partition}{chr(ord(_SEPARATOR) + 1)}"}
-            entities = self.instances.query_entities(query, parameters=bounds, select=_SWEEP_PROPERTIES)
-        async for entity in entities:
-            yield entity
+            await table.update_entity(
+                entity, mode=UpdateMode.REPLACE, etag=current.metadata["etag"], match_condition=MatchConditions.IfNotModified
+            )
 
-    async def delete_instance(self, key: InstanceKey) -> None:
-        """Remove one instance entity (no error when it is gone already)."""
-        self.statistics.requests += 1
-        await self.instances.delete_entity(study_partition_key(key.partition, key.study), instance_row_key(key.series, key.sop))
+    @staticmethod
+    async def _remove(table: TableClient, current: TableEntity | None) -> None:
+        """Delete ``current`` (a series or study left without instances) if nobody changed it since it was read."""
+        if current is not None:
+            unchanged = {"etag": current.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
+            await table.delete_entity(current["PartitionKey"], current["RowKey"], **unchanged)
 
-    async def record_deleted(self, partition: str, study: str, series: str, removed: int, job: str) -> None:
-        """Take ``removed`` instances of delete ``job`` off the series and study counts, once per job.
+    async def _count(self, table: TableClient, pk: str, low: str, high: str) -> int:
+        query, parameters = range_filter("RowKey", low, high)
+        entities = table.query_entities(
+            f"PartitionKey eq @pk and {query}", parameters={"pk": pk} | parameters, select=["RowKey"], results_per_page=_PAGE
+        )
+        return sum([1 async for _ in entities])
 
-        Each entity remembers the jobs it applied, so a delete resumed after an outage
-        never decrements twice. A series left without instances is removed, and with
-        it one series of its modality from the study (ModalitiesInStudy); a study left
-        without series is removed.
-        """
-        series_key = study_partition_key(partition, study)
-        modality = await self._decrement(self.series, series_key, series, job, {"NumberOfSeriesRelatedInstances": removed})
-        series_gone = modality is not None or await self.get_series(partition, study, series) is None
-        changes = {"NumberOfStudyRelatedInstances": removed, "NumberOfStudyRelatedSeries": 1 if series_gone else 0}
-        await self._decrement(self.studies, partition, study, f"{job}|{series}", changes, modality or "")
-
-    async def _decrement(
-        self, table: TableClient, pk: str, rk: str, job: str, amounts: dict[str, int], modality: str = ""
-    ) -> str | None:
-        """Subtract ``amounts`` once per ``job`` under ETag concurrency; delete the entity when its first count hits 0.
-
-        Returns the Modality of a deleted entity ("" when it had none), None when it remains or never existed.
-        """
-        for _ in range(_CONCURRENCY_RETRIES):
-            current = await self._get(table, pk, rk)
-            applied = json.loads(current.get("AppliedDeletes", "[]")) if current is not None else []
-            if current is None or job in applied:
-                return None
-            entity = dict(current)
-            for name, amount in amounts.items():
-                entity[name] = max(entity.get(name, 0) - amount, 0)
-            if modality and amounts.get("NumberOfStudyRelatedSeries"):
-                modalities = json.loads(entity.get("ModalityCounts", "{}"))
-                modalities[modality] = modalities.get(modality, 0) - 1
-                entity["ModalityCounts"] = json.dumps({m: n for m, n in modalities.items() if n > 0}, sort_keys=True)
-            entity["AppliedDeletes"] = json.dumps([*applied, job][-_APPLIED_DELETES_KEPT:])
-            entity["UpdatedAt"] = datetime.now(UTC)
-            conditions = {"etag": current.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
-            self.statistics.requests += 1
-            try:
-                if entity[next(iter(amounts))] <= 0:
-                    await table.delete_entity(pk, rk, **conditions)
-                    return str(current.get("Modality", "") or "")
-                await table.update_entity(entity, mode=UpdateMode.REPLACE, **conditions)
-                return None
-            except ResourceModifiedError:
-                continue  # another writer got there first: read again
-        raise RuntimeError(f"gave up updating {table.table_name} entity {pk}/{rk} after {_CONCURRENCY_RETRIES} conflicts")
-
-
-def _apply_series(entity: dict, update: LevelUpdate) -> None:
-    entity.update(
-        PartitionName=update.partition,
-        StudyInstanceUID=update.study,
-        SeriesInstanceUID=update.series,
-        Modality=update.modality,
-        Attributes=json.dumps(update.series_attributes, separators=(",", ":")),
-        NumberOfSeriesRelatedInstances=entity.get("NumberOfSeriesRelatedInstances", 0) + update.instances_added,
-        UpdatedAt=datetime.now(UTC),
-    )
-
-
-def _apply_study(entity: dict, update: LevelUpdate, series_created: bool) -> None:
-    modalities = json.loads(entity.get("ModalityCounts", "{}"))
-    if series_created and update.modality:
-        modalities[update.modality] = modalities.get(update.modality, 0) + 1
-    entity.update(
-        PartitionName=update.partition,
-        StudyInstanceUID=update.study,
-        Attributes=json.dumps(update.study_attributes, separators=(",", ":")),
-        NumberOfStudyRelatedSeries=entity.get("NumberOfStudyRelatedSeries", 0) + (1 if series_created else 0),
-        NumberOfStudyRelatedInstances=entity.get("NumberOfStudyRelatedInstances", 0) + update.instances_added,
-        ModalityCounts=json.dumps(modalities, sort_keys=True),
-        UpdatedAt=datetime.now(UTC),
-    )
+    async def _seen_in_series(self, partition: str, study: str, series: str, tags: tuple[int, ...]) -> tuple[str, dict]:
+        """(Modality, level attributes) of a series from one of its instances, when no store said them (repairs)."""
+        async for record in self.instances_of_study(partition, study, series, metadata=True):
+            model = record.metadata or record.attributes
+            return str((model.get(_MODALITY) or {}).get("Value", [""])[0] or ""), level_json(model, tags)
+        return "", {}

@@ -4,9 +4,13 @@ Writes are atomic: an instance is either absent or whole. On the blob endpoint a
 single Put Blob, or a block list committed at the end, is atomic; on a
 hierarchical-namespace (ADLS Gen2) account the file is written under a staging
 folder outside the contract layout, then renamed into place, which is atomic.
-Which one applies is detected from the account, not configured (Azurite has no
-dfs endpoint: field-notes.md). Reads, ranged reads, listing and deletes use the
-blob endpoint, which serves both kinds of account.
+Which one applies is detected from the account, not configured (Azurite, the local
+emulator, has no dfs endpoint). Reads, ranged reads, listing and deletes use the
+blob endpoint, which serves both kinds of account (docs/lake-layout.md).
+
+ETags are compared between what a write returned, what a listing shows and what the
+index recorded, and the SDK returns them quoted from some calls and bare from others,
+so every ETag leaves this adapter in one form: quoted, as HTTP sends it.
 """
 
 from __future__ import annotations
@@ -19,12 +23,7 @@ from datetime import datetime
 from typing import BinaryIO
 
 from azure.core import MatchConditions
-from azure.core.exceptions import (
-    HttpResponseError,
-    ResourceExistsError,
-    ResourceModifiedError,
-    ResourceNotFoundError,
-)
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import ContentSettings
 from azure.storage.blob.aio import BlobServiceClient
 from azure.storage.filedatalake.aio import DataLakeServiceClient
@@ -43,19 +42,18 @@ class FileMissing(Exception):
 
 
 @dataclass(frozen=True)
-class WrittenFile:
-    path: str
-    etag: str
-    size: int
-    last_modified: datetime | None
-
-
-@dataclass(frozen=True)
 class LakeFile:
+    """A file in the lake as written, listed or looked at: its ETag is the version the index records."""
+
     path: str
     size: int
     etag: str
     last_modified: datetime | None
+
+
+def normalized_etag(etag: str) -> str:
+    """The ETag in quotes, whichever form the SDK call returned."""
+    return f'"{etag.strip(chr(34))}"'
 
 
 class Lake:
@@ -88,7 +86,7 @@ class Lake:
     def hierarchical(self) -> bool:
         return bool(self._hierarchical)
 
-    async def write(self, path: str, data: BinaryIO, size: int, *, overwrite: bool) -> WrittenFile:
+    async def write(self, path: str, data: BinaryIO, size: int, *, overwrite: bool) -> LakeFile:
         """Write ``size`` bytes from ``data`` at ``path`` atomically.
 
         With ``overwrite`` False the write fails with InstanceExists when a file is
@@ -109,9 +107,9 @@ class Lake:
             )
         except ResourceExistsError:
             raise InstanceExists(path) from None
-        return WrittenFile(path, result["etag"], size, result.get("last_modified"))
+        return LakeFile(path, size, normalized_etag(result["etag"]), result.get("last_modified"))
 
-    async def _write_by_rename(self, path: str, data: BinaryIO, size: int, *, overwrite: bool) -> WrittenFile:
+    async def _write_by_rename(self, path: str, data: BinaryIO, size: int, *, overwrite: bool) -> LakeFile:
         file_system = self._datalake.get_file_system_client(self.file_system)
         staging = file_system.get_file_client(f"{STAGING_FOLDER}/{uuid.uuid4().hex}.dcm")
         await staging.upload_data(data, length=size, overwrite=True, max_concurrency=_UPLOAD_CONCURRENCY)
@@ -122,14 +120,14 @@ class Lake:
             await staging.delete_file()
             raise InstanceExists(path) from None
         properties = await renamed.get_file_properties()
-        return WrittenFile(path, properties.etag, size, properties.last_modified)
+        return LakeFile(path, size, normalized_etag(properties.etag), properties.last_modified)
 
     async def properties(self, path: str) -> LakeFile:
         try:
             props = await self._container.get_blob_client(path).get_blob_properties()
         except ResourceNotFoundError:
             raise FileMissing(path) from None
-        return LakeFile(path, props.size, props.etag, props.last_modified)
+        return LakeFile(path, props.size, normalized_etag(props.etag), props.last_modified)
 
     async def read(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
         """The bytes at ``path`` (a range of them when ``offset``/``length`` are given)."""
@@ -170,18 +168,5 @@ class Lake:
         async for blob in self._container.list_blobs(name_starts_with=prefix):
             if blob.size == 0 and blob.name.endswith("/"):
                 continue  # a directory entry on a hierarchical account
-            yield LakeFile(blob.name, blob.size, blob.etag, blob.last_modified)
+            yield LakeFile(blob.name, blob.size, normalized_etag(blob.etag), blob.last_modified)
 
-
-def describe_storage_error(error: HttpResponseError) -> str:
-    """A client-facing sentence for a storage failure (no internals, no keys)."""
-    code = getattr(error, "error_code", None) or ""
-    status = getattr(error, "status_code", None)
-    if status == 403:
-        return (
-            "the storage account refused access (403"
-            + (f" {code}" if code else "")
-            + "): the app's identity needs Storage Blob Data Contributor on the lake and Storage Table Data "
-            "Contributor on the index"
-        )
-    return f"the storage service answered {status or 'an error'}" + (f" ({code})" if code else "")

@@ -1,4 +1,4 @@
-"""The data-lake contract: where each instance lives (design.md, "The data-lake contract").
+"""The data-lake contract: where each instance lives (docs/lake-layout.md).
 
 ::
 

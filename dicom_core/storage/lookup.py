@@ -22,24 +22,22 @@ deletes need not know this table.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 from urllib.parse import unquote
 
-from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import UpdateMode
-from azure.data.tables.aio import TableClient, TableServiceClient
+from azure.data.tables.aio import TableServiceClient
 
-from dicom_core.dicom.query import Level, ValueRange, index_entries, indexed_keys
+from dicom_core.dicom.levels import MODALITIES_IN_STUDY, Level
+from dicom_core.storage.keys import AFTER_SEPARATOR, SEPARATOR, joined
+from dicom_core.storage.lookup_plan import ValueRange, index_entries, indexed_keys
+from dicom_core.storage.records import InstanceRecord
+from dicom_core.storage.tables import Table
 
 MAX_VALUE_CHARS = 512  # with a UID path of at most 3 x 64 + 3 characters, well under the 1 KiB key limit
 _MAX_TRANSACTION = 100
-_SEPARATOR = "|"
-_AFTER_SEPARATOR = chr(ord(_SEPARATOR) + 1)
 _UNSAFE = set("/\\#?%|")
-_MODALITIES_IN_STUDY = "00080061"
 
 
 def encode_value(value: str) -> str:
@@ -63,16 +61,16 @@ def may_be_cut(encoded: str) -> bool:
 
 
 def partition_key(partition: str, level: Level, attribute: str) -> str:
-    return _SEPARATOR.join((partition, level.label, attribute))
+    return joined(partition, level.label, attribute)
 
 
 def row_key_bounds(value_range: ValueRange) -> tuple[str | None, str | None]:
     """The RowKeys (from inclusive, to exclusive) of the entries whose value is in ``value_range``."""
     low = encode_value(value_range.low)
     if value_range.kind == "exact":
-        return f"{low}{_SEPARATOR}", f"{low}{_AFTER_SEPARATOR}"
+        return f"{low}{SEPARATOR}", f"{low}{AFTER_SEPARATOR}"
     if value_range.kind == "between":
-        return low, f"{encode_value(value_range.high)}{_AFTER_SEPARATOR}"
+        return low, f"{encode_value(value_range.high)}{AFTER_SEPARATOR}"
     if not low:
         return None, None  # every value of the attribute: the whole partition
     return low, low[:-1] + chr(ord(low[-1]) + 1)  # encoded text is ASCII below "~", so the successor exists
@@ -80,9 +78,9 @@ def row_key_bounds(value_range: ValueRange) -> tuple[str | None, str | None]:
 
 def level_entries(partition: str, level: Level, path: tuple[str, ...], attributes: dict) -> list[tuple[str, str]]:
     """The (PartitionKey, RowKey) of every lookup entry of one study, series or instance."""
-    suffix = _SEPARATOR.join(path)
+    suffix = joined(*path)
     return [
-        (partition_key(partition, level, attribute), f"{encode_value(value)}{_SEPARATOR}{suffix}")
+        (partition_key(partition, level, attribute), f"{encode_value(value)}{SEPARATOR}{suffix}")
         for key in indexed_keys(level)
         for attribute, value in index_entries(key, attributes.get(key.hex))
     ]
@@ -90,32 +88,27 @@ def level_entries(partition: str, level: Level, path: tuple[str, ...], attribute
 
 def study_entries(partition: str, study: str, attributes: dict, modality: str) -> list[tuple[str, str]]:
     """Lookup entries of a study; ModalitiesInStudy gets the modality of the series just stored."""
-    with_modality = {**attributes, _MODALITIES_IN_STUDY: {"vr": "CS", "Value": [modality] if modality else []}}
+    with_modality = {**attributes, f"{MODALITIES_IN_STUDY:08X}": {"vr": "CS", "Value": [modality] if modality else []}}
     return level_entries(partition, Level.STUDY, (study,), with_modality)
 
 
-def instance_entries(entity: dict) -> list[tuple[str, str]]:
-    """Lookup entries of an instance entity (index.instance_entity)."""
-    path = (entity["StudyInstanceUID"], entity["SeriesInstanceUID"], entity["SOPInstanceUID"])
-    return level_entries(entity["PartitionName"], Level.INSTANCE, path, json.loads(entity["Attributes"]))
+def instance_entries(record: InstanceRecord) -> list[tuple[str, str]]:
+    """Lookup entries of an instance."""
+    key = record.key
+    return level_entries(key.partition, Level.INSTANCE, (key.study, key.series, key.sop), record.attributes)
 
 
 def parse_row_key(row_key: str) -> tuple[str, bool, tuple[str, ...]]:
     """The decoded value of a lookup RowKey, whether it may have been cut, and the UID path."""
-    encoded, *path = row_key.split(_SEPARATOR)
+    encoded, *path = row_key.split(SEPARATOR)
     return unquote(encoded), may_be_cut(encoded), tuple(path)
 
 
-class Lookup:
-    """The ``{prefix}lookup`` table. ``statistics`` is the index's: every request and entity counts."""
+class Lookup(Table):
+    """The ``{prefix}lookup`` table (or another table of lookup entries: ``name``)."""
 
-    def __init__(self, service: TableServiceClient, table_prefix: str, statistics) -> None:
-        self.table: TableClient = service.get_table_client(f"{table_prefix}lookup")
-        self.statistics = statistics
-
-    async def prepare(self) -> None:
-        with contextlib.suppress(ResourceExistsError):
-            await self.table.create_table()
+    def __init__(self, service: TableServiceClient, table_prefix: str, name: str = "lookup") -> None:
+        super().__init__(service, f"{table_prefix}{name}")
 
     async def put(self, entries: Iterable[tuple[str, str]]) -> None:
         """Upsert entries: one transaction per PartitionKey and 100 entries, all partitions at once."""
@@ -129,12 +122,19 @@ class Lookup:
         await asyncio.gather(*writes)
 
     async def _write(self, pk: str, row_keys: list[str]) -> None:
-        self.statistics.requests += 1
         if len(row_keys) == 1:
-            await self.table.upsert_entity({"PartitionKey": pk, "RowKey": row_keys[0]}, mode=UpdateMode.REPLACE)
+            await self.client.upsert_entity({"PartitionKey": pk, "RowKey": row_keys[0]}, mode=UpdateMode.REPLACE)
             return
         operations = [("upsert", {"PartitionKey": pk, "RowKey": rk}, {"mode": UpdateMode.REPLACE}) for rk in row_keys]
-        await self.table.submit_transaction(operations)
+        await self.client.submit_transaction(operations)
+
+    async def remove(self, entries: Iterable[tuple[str, str]]) -> None:
+        """Delete entries (no error for those already gone), all at once."""
+
+        async def delete(pk: str, rk: str) -> None:
+            await self.client.delete_entity(pk, rk)
+
+        await asyncio.gather(*(delete(pk, rk) for pk, rk in dict.fromkeys(entries)))
 
     async def scan(self, pk: str, value_range: ValueRange, page_size: int) -> AsyncIterator[str]:
         """The RowKeys of one partition whose values are in ``value_range``, in RowKey order."""
@@ -143,11 +143,9 @@ class Lookup:
         if low is not None:
             query += " and RowKey ge @low and RowKey lt @high"
             parameters |= {"low": low, "high": high}
-        pages = self.table.query_entities(
+        pages = self.client.query_entities(
             query, parameters=parameters, select=["RowKey"], results_per_page=min(max(page_size, 1), 1000)
         ).by_page()
         async for page in pages:
-            self.statistics.requests += 1
             async for entity in page:
-                self.statistics.entities_read += 1
                 yield entity["RowKey"]

@@ -1,0 +1,95 @@
+"""Frames of an instance, as stored or decoded to native bytes (PS3.18 10.4.1.1.4): ranged reads of the lake."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+from dicom_core.dicom.frames import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    decode_frame,
+    decoded_frame_from_dataset,
+    decodes_from_frame_bytes,
+    is_native_little_endian,
+    native_bytes,
+    stored_frames,
+)
+from dicom_core.errors import NotFound
+from dicom_core.operations.retrieve.instances import AS_STORED, Part, check_transfer_syntax
+from dicom_core.operations.retrieve.reading import read_dataset, read_header, read_ranges, require_pixel_data
+from dicom_core.operations.retrieve.streams import in_order, iterate, single, started
+from dicom_core.services import Services
+from dicom_core.storage.records import InstanceRecord
+
+
+@dataclass(frozen=True)
+class FrameRendition:
+    """What the client negotiated for frames: the parts' media type and the transfer syntax (``*``: as stored)."""
+
+    media_type: str
+    transfer_syntax: str
+
+
+def check_frame_numbers(instance: InstanceRecord, numbers: list[int]) -> None:
+    """NotFound for a frame number the instance does not have (they are 1-based, PS3.18 10.4.1.1.4)."""
+    for number in numbers:
+        if not 1 <= number <= instance.number_of_frames:
+            raise NotFound(
+                f"frame {number} does not exist: instance {instance.key.sop} has {instance.number_of_frames} frame(s), "
+                "numbered from 1"
+            )
+
+
+def frames_as_stored(instance: InstanceRecord, transfer_syntax: str) -> bool:
+    """Whether frames in ``transfer_syntax`` are the stored frame bytes, without decoding."""
+    if transfer_syntax in (AS_STORED, instance.transfer_syntax):
+        return True
+    return transfer_syntax == EXPLICIT_VR_LITTLE_ENDIAN and is_native_little_endian(instance.transfer_syntax)
+
+
+async def retrieve_frames(
+    services: Services, instance: InstanceRecord, numbers: list[int], rendition: FrameRendition
+) -> AsyncIterator[Part]:
+    """Frames ``numbers`` of ``instance`` in ``rendition``: as stored, or decoded to Explicit VR Little Endian."""
+    check_frame_numbers(instance, numbers)
+    requested = rendition.transfer_syntax
+    as_stored = frames_as_stored(instance, requested)
+    if as_stored:
+        syntax = EXPLICIT_VR_LITTLE_ENDIAN if requested == EXPLICIT_VR_LITTLE_ENDIAN else instance.transfer_syntax
+    else:
+        syntax = EXPLICIT_VR_LITTLE_ENDIAN
+        check_transfer_syntax([instance], requested)
+    media_type = rendition.media_type
+
+    if instance.frame_ranges is None or not (as_stored or decodes_from_frame_bytes(instance.transfer_syntax)):
+        frames = await _frames_from_file(services, instance, numbers, as_stored)
+        return iterate(Part(media_type, syntax, single(frame)) for frame in frames)
+
+    frame_ranges = instance.frame_ranges
+
+    async def frame_part(number: int, header: Dataset | None) -> Part:
+        frame = await read_ranges(services, instance, frame_ranges[number - 1])
+        if header is not None:
+            pixels = await asyncio.to_thread(decode_frame, header, instance.transfer_syntax, frame)
+            frame = native_bytes(pixels, int(header.BitsAllocated))
+        return Part(media_type, syntax, single(frame))
+
+    header = None if as_stored else await read_header(services, instance)
+    return await started(in_order(numbers, lambda number: frame_part(number, header)))
+
+
+async def _frames_from_file(services: Services, instance: InstanceRecord, numbers: list[int], as_stored: bool) -> list[bytes]:
+    """Frames of an instance whose frame ranges the index does not have: read and parse the whole file."""
+    dataset = await read_dataset(services, instance)
+    require_pixel_data(instance, dataset)
+
+    def extract() -> list[bytes]:
+        if as_stored:
+            return stored_frames(dataset, [number - 1 for number in numbers])
+        bits = int(dataset.BitsAllocated)
+        return [native_bytes(decoded_frame_from_dataset(dataset, number - 1), bits) for number in numbers]
+
+    return await asyncio.to_thread(extract)

@@ -1,0 +1,74 @@
+"""Instances of a study, series or instance as Part 10 files, as stored or transcoded (PS3.18 10.4.1.1.1)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from dicom_core.dicom.frames import EXPLICIT_VR_LITTLE_ENDIAN
+from dicom_core.dicom.transcode import can_transcode, to_explicit_vr_little_endian
+from dicom_core.errors import NotAcceptable
+from dicom_core.operations.retrieve.finding import find_instances
+from dicom_core.operations.retrieve.reading import open_file, read
+from dicom_core.operations.retrieve.streams import in_order, single, started
+from dicom_core.services import Services
+from dicom_core.storage.layout import Scope
+from dicom_core.storage.records import InstanceRecord
+
+AS_STORED = "*"
+"""The ``transfer-syntax`` parameter value meaning "as stored" (PS3.18 8.7.3.5.1)."""
+DICOM = "application/dicom"
+
+
+@dataclass
+class Part:
+    """One body part of a response: media type, transfer syntax, bytes, and its name in a zip file."""
+
+    media_type: str
+    transfer_syntax: str | None
+    chunks: AsyncIterator[bytes]
+    name: str = ""
+
+
+def check_transfer_syntax(instances: list[InstanceRecord], transfer_syntax: str) -> None:
+    """NotAcceptable unless every instance can be sent in ``transfer_syntax`` (a UID or ``*``)."""
+    for instance in instances:
+        if transfer_syntax in (AS_STORED, instance.transfer_syntax):
+            continue
+        if transfer_syntax != EXPLICIT_VR_LITTLE_ENDIAN:
+            raise NotAcceptable(
+                f"instance {instance.key.sop} is stored in transfer syntax {instance.transfer_syntax} and cannot be "
+                f"transcoded to {transfer_syntax}; ask for transfer-syntax=* (as stored) or {EXPLICIT_VR_LITTLE_ENDIAN}"
+            )
+        if not can_transcode(instance.transfer_syntax):
+            raise NotAcceptable(
+                f"instance {instance.key.sop} is stored in transfer syntax {instance.transfer_syntax}, which this service "
+                f"cannot decode to {EXPLICIT_VR_LITTLE_ENDIAN}; ask for transfer-syntax=* to get it as stored"
+            )
+
+
+async def retrieve_instances(services: Services, target: Scope, transfer_syntax: str) -> AsyncIterator[Part]:
+    """The instances of ``target`` as Part 10 files in ``transfer_syntax`` (``*``: as stored), in order.
+
+    The first file is opened before this returns, so that a failure to read it
+    (removed, modified, archived) is the response's status, not a broken stream.
+    """
+    instances = await find_instances(services, target)
+    check_transfer_syntax(instances, transfer_syntax)
+    return await started(in_order(instances, lambda instance: _open_instance(services, instance, transfer_syntax)))
+
+
+async def _open_instance(services: Services, instance: InstanceRecord, transfer_syntax: str) -> Part:
+    name = f"{instance.key.study}/{instance.key.series}/{instance.key.sop}.dcm"
+    if transfer_syntax in (AS_STORED, instance.transfer_syntax):
+        return Part(DICOM, instance.transfer_syntax, await open_file(services, instance), name)
+    data = await read(services, instance)
+    try:
+        transcoded = await asyncio.to_thread(to_explicit_vr_little_endian, data)
+    except Exception as error:  # decoders raise many types on damaged pixel data
+        raise NotAcceptable(
+            f"instance {instance.key.sop} could not be decoded from {instance.transfer_syntax} "
+            f"({type(error).__name__}: {error}); ask for transfer-syntax=* to get it as stored"
+        ) from error
+    return Part(DICOM, EXPLICIT_VR_LITTLE_ENDIAN, single(transcoded), name)

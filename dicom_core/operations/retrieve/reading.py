@@ -1,0 +1,93 @@
+"""Reading instance files from the lake, each read conditional on the ETag the index recorded.
+
+A file removed or rewritten outside the API, or one in the Archive tier, is a precise
+404 or 409 here, and its index entry is flagged for reconciliation; callers never see
+the SDK's exceptions for these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+
+import pydicom
+from azure.core.exceptions import HttpResponseError, ResourceModifiedError
+from pydicom.dataset import Dataset
+
+from dicom_core.dicom.parse import pydicom_lock
+from dicom_core.errors import Conflict, NotFound
+from dicom_core.operations.retrieve.streams import prepend
+from dicom_core.services import Services
+from dicom_core.storage.lake import FileMissing
+from dicom_core.storage.records import InstanceRecord
+
+FILE_REMOVED = "file removed from the lake outside the API"
+FILE_CHANGED = "file modified in the lake outside the API"
+
+
+async def open_file(
+    services: Services, instance: InstanceRecord, offset: int = 0, length: int | None = None
+) -> AsyncIterator[bytes]:
+    """The bytes of the file (or of one range of it), its first block already read and checked."""
+    chunks = services.lake.stream(instance.path, offset, length, etag=instance.etag)
+    try:
+        try:
+            first = await anext(chunks, b"")
+        except ResourceModifiedError:
+            await services.lake.properties(instance.path)  # FileMissing when it is gone rather than rewritten
+            raise
+    except FileMissing:
+        await services.index.flag_for_reconciliation(instance.key, FILE_REMOVED)
+        raise NotFound(
+            f"instance {instance.key.sop} is in the index but its file {instance.path} was removed from the lake "
+            "outside the API; the entry is flagged for reconciliation. Store the instance again to restore it"
+        ) from None
+    except ResourceModifiedError:
+        await services.index.flag_for_reconciliation(instance.key, FILE_CHANGED)
+        raise Conflict(
+            f"the file of instance {instance.key.sop} ({instance.path}) was modified in the lake outside the API after "
+            "it was stored, so it may no longer be that instance; the entry is flagged for reconciliation. Store the "
+            "instance again (PUT) to replace it"
+        ) from None
+    except HttpResponseError as error:
+        if getattr(error, "error_code", None) == "BlobArchived":
+            raise Conflict(
+                f"the file of instance {instance.key.sop} is in the Archive access tier, which this service does not "
+                "read. Rehydrate it to the Hot or Cool tier, for example with `az storage blob set-tier --tier Hot "
+                f"--rehydrate-priority Standard --container-name {services.lake.file_system} --name {instance.path}` "
+                "(standard priority can take up to 15 hours), then retry"
+            ) from None
+        raise
+    return prepend(first, chunks)
+
+
+async def read(services: Services, instance: InstanceRecord, offset: int = 0, length: int | None = None) -> bytes:
+    return b"".join([chunk async for chunk in await open_file(services, instance, offset, length)])
+
+
+async def read_ranges(services: Services, instance: InstanceRecord, ranges: list[tuple[int, int]]) -> bytes:
+    parts = await asyncio.gather(*(read(services, instance, offset, length) for offset, length in ranges))
+    return b"".join(parts)
+
+
+async def read_header(services: Services, instance: InstanceRecord) -> Dataset:
+    """The data set up to the pixel data, from the bytes before the first frame (one ranged read)."""
+    end = min(offset for frame in instance.frame_ranges or [] for offset, _ in frame)
+    head = await read(services, instance, 0, end)
+    return await asyncio.to_thread(_parse, head, True)
+
+
+async def read_dataset(services: Services, instance: InstanceRecord) -> Dataset:
+    """The whole data set, pixel data included (the whole file is read)."""
+    return await asyncio.to_thread(_parse, await read(services, instance), False)
+
+
+def require_pixel_data(instance: InstanceRecord, dataset: Dataset) -> None:
+    if "PixelData" not in dataset:
+        raise NotFound(f"instance {instance.key.sop} has no pixel data")
+
+
+def _parse(data: bytes, header_only: bool) -> Dataset:
+    with pydicom_lock:
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=header_only)

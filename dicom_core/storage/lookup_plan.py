@@ -1,0 +1,154 @@
+"""The lookup table's two sides, normalized by the same functions (docs/index-design.md).
+
+- Write side: ``index_entries`` gives the (attribute, normalized value) pairs a stored
+  element gets in the lookup table; ``indexed_keys`` the matching keys that have entries.
+- Read side: ``plan`` turns a matching constraint (dicom/constraints.py) into the ranges of
+  normalized values to read and a rough cost, so a search starts from its cheapest
+  constraint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dicom_core.dicom.constraints import (
+    Constraint,
+    IntegerMatch,
+    NameMatch,
+    TemporalMatch,
+    TextMatch,
+    UidList,
+    element_values,
+)
+from dicom_core.dicom.levels import KEYS, Level, MatchingKey
+from dicom_core.dicom.matching import (
+    has_wildcard,
+    integer_key,
+    literal_prefix,
+    name_words,
+    parse_integer,
+    person_name_groups,
+    temporal_point,
+    wildcard_match,
+)
+
+# How expensive a constraint is as the driver of a search (the lookup ranges it reads), lowest first.
+COST_UID = 0
+COST_EXACT = 1
+COST_LONG_PREFIX = 2
+COST_RANGE = 3
+COST_BROAD = 4
+COST_OPEN_RANGE = 5
+COST_LEADING_WILDCARD = 9
+
+
+@dataclass(frozen=True)
+class ValueRange:
+    """Normalized values the lookup table holds: one ``exact`` value, a ``prefix``, or ``low``..``high``."""
+
+    kind: str  # "exact", "prefix" or "between"
+    low: str
+    high: str = ""
+
+
+@dataclass(frozen=True)
+class LookupPlan:
+    """How to find a constraint's candidates: ranges of one lookup attribute, and a filter of their values."""
+
+    attribute: str
+    ranges: tuple[ValueRange, ...]
+    cost: int
+    accepts: Callable[[str], bool] | None = None  # None: every value in the ranges is a candidate
+
+
+def words_attribute(keyword: str) -> str:
+    """The lookup attribute holding the words of a person-name key (fuzzy matching)."""
+    return f"{keyword}.words"
+
+
+# -- write side ---------------------------------------------------------------------------------------
+
+
+def index_entries(key: MatchingKey, element: dict | None) -> list[tuple[str, str]]:
+    """The (lookup attribute, normalized value) pairs that let the lookup table find this element.
+
+    One pair per value; a person name gives one per group and one per word (fuzzy matching).
+    """
+    entries: list[tuple[str, str]] = []
+    for value in element_values(element):
+        if key.vr == "PN":
+            for group in person_name_groups(value):
+                entries.append((key.keyword, group))
+                entries += [(words_attribute(key.keyword), word) for word in name_words(group)]
+        elif key.vr in ("DA", "TM", "DT"):
+            point = temporal_point(key.vr, str(value))
+            if point is not None:
+                entries.append((key.keyword, point))
+        elif key.vr == "IS":
+            try:
+                entries.append((key.keyword, integer_key(parse_integer(str(value)))))
+            except ValueError:
+                continue
+        elif text := str(value).strip():
+            entries.append((key.keyword, text))
+    return list(dict.fromkeys(entries))
+
+
+def indexed_keys(level: Level) -> list[MatchingKey]:
+    """The keys of ``level`` that have lookup entries (a study UID is the study entity's own key)."""
+    return [key for key in KEYS if key.level == level and key.keyword != "StudyInstanceUID"]
+
+
+# -- read side ----------------------------------------------------------------------------------------
+
+
+def _pattern_range(pattern: str) -> tuple[ValueRange, int]:
+    if not has_wildcard(pattern):
+        return ValueRange("exact", pattern), COST_EXACT
+    prefix = literal_prefix(pattern)
+    return ValueRange("prefix", prefix), _prefix_cost(prefix)
+
+
+def _prefix_cost(prefix: str) -> int:
+    """Reading values by a literal prefix: the longer the prefix, the narrower the range."""
+    return COST_LEADING_WILDCARD if not prefix else COST_LONG_PREFIX if len(prefix) >= 3 else COST_RANGE
+
+
+def plan(constraint: Constraint) -> LookupPlan:
+    """The lookup ranges that hold every candidate of ``constraint``, and what reading them costs."""
+    keyword = constraint.key.keyword
+    match constraint:
+        case UidList():
+            return LookupPlan(keyword, tuple(ValueRange("exact", uid) for uid in sorted(constraint.uids)), COST_UID)
+        case TextMatch():
+            planned = [_pattern_range(pattern) for pattern in constraint.patterns]
+            cost = max(cost for _, cost in planned)
+            if constraint.key.broad:
+                cost = max(cost, COST_BROAD)
+            ranges = tuple(sorted({value_range for value_range, _ in planned}, key=lambda value_range: value_range.low))
+            return LookupPlan(keyword, ranges, cost, constraint.accepts)
+        case NameMatch() if constraint.fuzzy:
+            word = max(constraint.words, key=lambda word: len(literal_prefix(word)))
+            prefix = literal_prefix(word)
+            return LookupPlan(
+                words_attribute(keyword),
+                (ValueRange("prefix", prefix),),
+                _prefix_cost(prefix),
+                lambda value: wildcard_match(f"{word}*", value),
+            )
+        case NameMatch() if "=" in constraint.pattern:
+            # Groups are indexed one by one: find the alphabetic group by the text before "=".
+            prefix = literal_prefix(constraint.pattern).split("=")[0]
+            cost = COST_LEADING_WILDCARD if not prefix else COST_LONG_PREFIX
+            return LookupPlan(keyword, (ValueRange("prefix", prefix),), cost)
+        case NameMatch():
+            value_range, cost = _pattern_range(constraint.pattern)
+            pattern = constraint.pattern
+            return LookupPlan(keyword, (value_range,), cost, lambda value: wildcard_match(pattern, value))
+        case TemporalMatch():
+            cost = COST_OPEN_RANGE if constraint.open_ended else COST_RANGE
+            return LookupPlan(keyword, (ValueRange("between", constraint.interval.low, constraint.interval.high),), cost)
+        case IntegerMatch():
+            return LookupPlan(keyword, (ValueRange("exact", integer_key(constraint.number)),), COST_BROAD)
+    raise TypeError(f"no lookup plan for {type(constraint).__name__}")
