@@ -40,5 +40,5 @@ def partition_problem(name: str) -> str | None:
 
 
 def is_valid_partition(name: str) -> bool:
-    """Partition names are 1-64 letters, digits, '.', '-' or '_', and not a reserved folder's name."""
+    """Partition names are 1-64 letters, digits, '.', '-' or '_', and not a reserved folder's name (docs/lake-layout.md)."""
     return partition_problem(name) is None
