@@ -144,6 +144,44 @@ def check(arguments: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def analytics(arguments: argparse.Namespace) -> int:
+    """``analytics sync``, ``rebuild`` or ``maintain``: the analytics Delta tables by hand, with a progress bar."""
+    import asyncio
+
+    from tqdm import tqdm
+
+    from dicom_core.operations import analytics as tables
+    from dicom_core.services import Services
+    from dicom_core.settings import Settings
+
+    async def run() -> int:
+        services = await Services.open(Settings.from_environment())
+        try:
+            if arguments.action == "maintain":
+                compacted = await tables.maintain(services)
+                if compacted is None:
+                    print("analytics maintain: another host holds the lease (it is syncing now); try again")
+                    return 1
+                print(f"analytics maintain: compacted (files before) {compacted}; vacuumed")
+                return 0
+            if arguments.action == "rebuild":
+                operation, total, unit = tables.rebuild, await tables.count_instances(services), "instances"
+            else:
+                operation, total, unit = tables.sync, await tables.pending_changes(services), "changes"
+            with tqdm(total=total, unit=f" {unit}", desc=f"analytics {arguments.action}") as bar:
+                result = await operation(services, batch_size=arguments.batch_size, progress=bar.update)
+        finally:
+            await services.close()
+        if result.busy:
+            print("analytics: another host holds the lease (it is syncing now); try again in a minute")
+            return 1
+        rows = ", ".join(f"{count} {name} rows" for name, count in result.rows.items()) or "no rows"
+        print(f"analytics {arguments.action}: {result.entries} {unit} applied ({rows}); current to change {result.position}")
+        return 0
+
+    return asyncio.run(run())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m dicom_core",
@@ -187,6 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     check_parser.set_defaults(run=check)
+    analytics_parser = commands.add_parser(
+        "analytics",
+        help="sync, rebuild or maintain the analytics Delta tables in the lake",
+        description=(
+            "The Delta tables under AHDS/{workspace}/dicom/{service}/analytics/ (docs/analytics.md). "
+            "sync: apply the change feed since the last sync (the timer does this every minute); "
+            "rebuild: recreate the tables from the index; maintain: compact small files and vacuum old versions."
+        ),
+    )
+    analytics_parser.add_argument("action", choices=["sync", "rebuild", "maintain"])
+    analytics_parser.add_argument("--batch-size", type=int, help="feed entries (rebuild: instances) per Delta commit")
+    analytics_parser.set_defaults(run=analytics)
     upload_cli.add_parser(commands)
     return parser
 

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dicom_core.http.context import provide_services
 from dicom_core.http.errors import error_response
 from dicom_core.http.routes import route_table
+from dicom_core.operations.analytics import run_analytics_sync
 from dicom_core.operations.health import run_health_checks
 from dicom_core.services import Services
 from dicom_core.settings import Settings
@@ -54,13 +55,18 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         owned = "services" not in holder
         if owned:
             holder["services"] = await Services.open(settings)
-        health_timer = asyncio.create_task(run_health_checks(holder["services"]))
+        timers = [
+            asyncio.create_task(run_health_checks(holder["services"])),
+            asyncio.create_task(run_analytics_sync(holder["services"])),
+        ]
         try:
             yield
         finally:
-            health_timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await health_timer
+            for timer in timers:
+                timer.cancel()
+            for timer in timers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await timer
             if owned:
                 await holder.pop("services").close()
 

@@ -32,7 +32,7 @@ from dicom_core.dicom.errors import InvalidInstance
 from dicom_core.dicom.levels import Level
 from dicom_core.errors import NotFound
 from dicom_core.operations.delete import delete, finish_all_interrupted, finish_interrupted
-from dicom_core.operations.indexing import describe_instance, index_entries, structure_limits
+from dicom_core.operations.indexing import DescribedInstance, describe_instance, index_entries, structure_limits
 from dicom_core.services import Services
 from dicom_core.storage.changefeed_store import Change
 from dicom_core.storage.errors import StorageContention
@@ -91,7 +91,7 @@ async def _converge(services: Services, key: InstanceKey, path: str, file: LakeF
     if existing is not None and existing.etag == file.etag:
         await services.changefeed.append([Change(key, path, file.etag)])
         return ReconcileResult(path, UNCHANGED, size=file.size)
-    problem, described = await _describe(services, path, file)
+    problem, described = await describe_file(services, path, file)
     if described is not None:
         parsed = described.parsed
         found = (parsed.study_uid, parsed.series_uid, parsed.sop_uid)
@@ -111,7 +111,7 @@ async def _converge(services: Services, key: InstanceKey, path: str, file: LakeF
     return ReconcileResult(path, ADDED if existing is None else REFRESHED, size=file.size)
 
 
-async def _describe(services: Services, path: str, file: LakeFile):
+async def describe_file(services: Services, path: str, file: LakeFile) -> tuple[str | None, DescribedInstance | None]:
     """(problem, None) for a file that is not a storable instance, else (None, its description)."""
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY) as spool:
         async for chunk in services.lake.stream(path, etag=file.etag):

@@ -190,6 +190,17 @@ class ChangeFeedStore(Table):
             return None
         return _entry(await self._get(entry_row_key(int(counter["Last"]))))
 
+    async def last_sequence(self) -> int:
+        """The highest sequence used (0 for an empty feed)."""
+        counter = await self._get(COUNTER)
+        return int(counter["Last"]) if counter else 0
+
+    async def entries(self, first: int, last: int) -> list[FeedEntry]:
+        """Entries ``first`` to ``last`` (inclusive), by sequence: one key-range query."""
+        query = "PartitionKey eq @pk and RowKey ge @low and RowKey le @high"
+        parameters = {"pk": FEED_PARTITION, "low": entry_row_key(first), "high": entry_row_key(last)}
+        return [_entry(entity) async for entity in self.client.query_entities(query, parameters=parameters)]
+
     async def read(self, start: datetime | None, end: datetime | None, offset: int, limit: int) -> list[FeedEntry]:
         """Entries with ``start <= Timestamp < end``, skipping ``offset``, at most ``limit``, by sequence."""
         counter = await self._get(COUNTER)
@@ -199,9 +210,7 @@ class ChangeFeedStore(Table):
         low, high = first + offset, min(first + offset + limit, stop)
         if low >= high:
             return []
-        query = "PartitionKey eq @pk and RowKey ge @low and RowKey lt @high"
-        parameters = {"pk": FEED_PARTITION, "low": entry_row_key(low), "high": entry_row_key(high)}
-        return [_entry(entity) async for entity in self.client.query_entities(query, parameters=parameters)]
+        return await self.entries(low, high - 1)
 
     async def _first_at_or_after(self, moment: datetime, last: int) -> int:
         """The lowest sequence whose time is at least ``moment`` (``last + 1`` when none): bisection."""
