@@ -3,7 +3,8 @@
 ``DICOM_TEST_KILL_AT=Lake.write:7`` makes the 7th call of ``Lake.write`` kill the process
 (SIGKILL: no cleanup, no flush, as a host that is recycled) just before it would run. The
 real adapters run unchanged otherwise; the switch lives here, in the tests, never in the
-service.
+service. The background loops (health check, analytics sync) do not run, so that the Nth
+call is the Nth call the requests make, whatever the timing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import sys
 
 from dicom_core.__main__ import main
+from dicom_core.http import app
 from dicom_core.storage.changefeed_store import ChangeFeedStore
 from dicom_core.storage.delete_journal import DeleteJournal
 from dicom_core.storage.index import Index
@@ -42,6 +44,12 @@ def arm(spec: str) -> None:
     setattr(cls, method_name, wrapped)
 
 
+async def _idle(services) -> None:
+    """Stands in for a background loop."""
+
+
 if __name__ == "__main__":
+    app.run_health_checks = _idle
+    app.run_analytics_sync = _idle
     arm(os.environ["DICOM_TEST_KILL_AT"])
     sys.exit(main(sys.argv[1:]))
