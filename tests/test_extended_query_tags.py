@@ -9,18 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pydicom
 import pytest
 
+from dicom_core.dicom.extended_tags import LEVELS
 from dicom_core.events import run_operations
 from dicom_core.operations import jobs
 from dicom_core.services import Services
-from dicom_core.settings import Jobs
+from dicom_core.settings import Jobs, Settings
 from dicom_core.storage.lookup import partition_key
 from tests.dicom_files import new_instance
+from tests.server import running_server
 from tests.test_search import store, uids_of
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "extended-query-tags.md"
 
 PRIVATE_CREATOR = "ACME AI"
 
@@ -38,7 +46,8 @@ VR_CASES: dict[str, tuple[str, str, list, list[tuple[str, list[int]]]]] = {
     "AcquisitionNumber": ("IS", "Instance", ["7", "8", "9"], [("007", [0])]),
     "ProtocolName": ("LO", "Series", ["Head CT", "Head MR", "Chest"], [("Head CT", [0]), ("Head*", [0, 1]), ("*ead*", [0, 1])]),
     "PerformingPhysicianName": (
-        "PN", "Series", ["Curie^Marie", "Pasteur^Louis", "Curie^Pierre"], [("curie*", [0, 2]), ("Curie^M*", [0]), ("*pierre", [2])],
+        "PN", "Series", ["Curie^Marie", "Pasteur^Louis", "Curie^Pierre"],
+        [("curie*", [0, 2]), ("Curie^M*", [0]), ("*pierre", [2])],
     ),
     "StationName": ("SH", "Series", ["CT01", "CT02", "MR01"], [("CT0?", [0, 1])]),
     "ReferencePixelX0": ("SL", "Instance", [-5, 0, 70000], [("-5", [0]), ("-5-0", [0, 1]), ("1-", [2])]),
@@ -99,7 +108,8 @@ async def test_tags_added_to_an_archive_are_reindexed_then_searched_like_standar
 
     started = await operation(client, operation_id)
     assert (started["status"], started["percentComplete"], started["type"]) == ("notStarted", 0, "reindex")
-    assert len(started["resources"]) == len(tags) and started["resources"][0].startswith("http://testserver/v2/extendedquerytags/")
+    assert len(started["resources"]) == len(tags)
+    assert started["resources"][0].startswith("http://testserver/v2/extendedquerytags/")
     listed = (await client.get("/v2/extendedquerytags")).json()
     assert {tag["status"] for tag in listed} == {"Adding"} and listed[0]["operation"]["id"] == operation_id
     refused = await client.get("/v2/instances", params={"SliceThickness": "5"})
@@ -111,7 +121,7 @@ async def test_tags_added_to_an_archive_are_reindexed_then_searched_like_standar
     assert {tag["status"] for tag in (await client.get("/v2/extendedquerytags")).json()} == {"Ready"}
 
     uids = {level: [uids_of(data)[index] for data in instances] for index, level in enumerate(("Study", "Series", "Instance"))}
-    for keyword, (vr, level, values, queries) in VR_CASES.items():
+    for keyword, (vr, level, _, queries) in VR_CASES.items():
         for query, expected in queries:
             matches = await search(client, RESOURCES[level], **{keyword: query})
             assert uid_values(matches, UID_TAGS[level]) == sorted(uids[level][i] for i in expected), f"{keyword}={query}"
@@ -187,7 +197,7 @@ async def test_a_disabled_tag_is_refused_by_searches_and_a_deleted_one_is_unknow
     await client.patch("/v2/extendedquerytags/ProtocolName", json={"queryStatus": "Enabled"})
     assert len(await search(client, "/v2/series", ProtocolName="Knee")) == 1
 
-    pk = partition_key("Microsoft.Default", pydicom_level("Series"), "x.00181030")
+    pk = partition_key("Microsoft.Default", LEVELS["Series"], "x.00181030")
     assert await lookup_count(services, pk) == 1
     deleted = await client.delete("/v2/extendedquerytags/00181030")
     assert deleted.status_code == 204
@@ -199,12 +209,6 @@ async def test_a_disabled_tag_is_refused_by_searches_and_a_deleted_one_is_unknow
     await add_tags(client, [{"path": "ProtocolName", "level": "Series"}])  # can be added again
     await run_operations(services)
     assert len(await search(client, "/v2/series", ProtocolName="Knee")) == 1
-
-
-def pydicom_level(name: str):
-    from dicom_core.dicom.extended_tags import LEVELS
-
-    return LEVELS[name]
 
 
 async def lookup_count(services: Services, pk: str) -> int:
@@ -268,7 +272,8 @@ async def test_duplicates_the_tag_limit_and_bad_requests_are_refused(client, ser
 # -- the operations mechanism ----------------------------------------------------------------------------------
 
 
-def fresh(settings, **jobs_settings) -> Services:
+def fresh(settings: Settings, **jobs_settings: int) -> Settings:
+    """The test's settings with other operation settings (a second worker's)."""
     return replace(settings, jobs=replace(Jobs(), **jobs_settings))
 
 
@@ -300,8 +305,8 @@ async def test_a_reindex_killed_mid_batch_resumes_from_its_checkpoint_on_another
     finished = await services.operations.get(operation_id)
     assert (finished.status, finished.percent_complete, finished.done, finished.total) == ("completed", 100, 30, 30)
     # Nothing missed, nothing doubled: one entry per instance and per series, every search answered.
-    assert await lookup_count(services, partition_key("Microsoft.Default", pydicom_level("Instance"), "x.00180050")) == 30
-    assert await lookup_count(services, partition_key("Microsoft.Default", pydicom_level("Series"), "x.00181030")) == 30
+    assert await lookup_count(services, partition_key("Microsoft.Default", LEVELS["Instance"], "x.00180050")) == 30
+    assert await lookup_count(services, partition_key("Microsoft.Default", LEVELS["Series"], "x.00181030")) == 30
     assert len(await search(client, "/v2/instances", SliceThickness="0-29", limit="100")) == 30
     assert len(await search(client, "/v2/series", ProtocolName="P*", limit="100")) == 30
 
@@ -391,3 +396,30 @@ async def test_partitions_lists_the_partitions_that_hold_data(client, services):
     listed = (await client.get("/v2/partitions")).json()
     assert [(p["partitionKey"], p["partitionName"]) for p in listed] == [(1, "Microsoft.Default"), (2, "site-b")]
     assert all(p["createdDate"] for p in listed)
+
+
+# -- the example of docs/extended-query-tags.md ----------------------------------------------------------------------
+
+
+def example_code() -> str:
+    text = DOCS.read_text()
+    match = re.search(r"<!-- extended-query-tags-example -->\s*```python\n(.*?)```", text, re.DOTALL)
+    assert match, "docs/extended-query-tags.md has no example"
+    return match.group(1)
+
+
+def test_the_example_of_the_docs_runs_against_the_server(settings, tmp_path):
+    script = tmp_path / "example.py"
+    script.write_text(example_code())
+    with running_server(settings, tmp_path / "server.log", {"DICOM_OPERATION_POLL_SECONDS": "1"}) as (url, _):
+        for _ in range(2):  # twice: the second run finds the tags of the first, deletes and adds them again
+            result = subprocess.run(
+                [sys.executable, str(script)],
+                env={"DICOMWEB_URL": url, "PATH": "/usr/bin:/bin"},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert "2 series by ProtocolName" in result.stdout, result.stdout
+            assert "searching by ProtocolName answers 400" in result.stdout, result.stdout
