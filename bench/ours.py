@@ -42,6 +42,7 @@ def running(data: Path) -> Iterator[Server]:
             **os.environ,
             "DicomLake": storage.connection_string,
             "DICOM_TABLE_PREFIX": TABLE_PREFIX,
+            "DICOM_OPERATION_POLL_SECONDS": "1",  # the extended scenario's reindex starts within a second
         }
         log = data / "server.log"
         with open(log, "ab") as output:

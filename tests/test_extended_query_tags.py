@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import re
-import subprocess
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pydicom
 import pytest
@@ -25,10 +21,8 @@ from dicom_core.services import Services
 from dicom_core.settings import Jobs, Settings
 from dicom_core.storage.lookup import partition_key
 from tests.dicom_files import new_instance
-from tests.server import running_server
-from tests.test_search import store, uids_of
-
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "extended-query-tags.md"
+from tests.server import docs_example, run_script, running_server
+from tests.test_search import reads, store, uids_of
 
 PRIVATE_CREATOR = "ACME AI"
 
@@ -336,13 +330,6 @@ async def test_two_workers_racing_for_one_operation_never_run_it_at_once(client,
 # -- what a search costs ----------------------------------------------------------------------------------------
 
 
-async def reads(client, services, url: str, params: dict) -> tuple[int, int, int]:
-    services.statistics.reset()
-    response = await client.get(url, params=params)
-    assert response.status_code == 200, response.text
-    return len(response.json()), services.statistics.requests, services.statistics.entities_read
-
-
 async def test_searches_on_extended_tags_read_the_same_at_ten_times_the_archive(client, services):
     tags = [
         {"path": "ProtocolName", "level": "Series"},
@@ -401,25 +388,11 @@ async def test_partitions_lists_the_partitions_that_hold_data(client, services):
 # -- the example of docs/extended-query-tags.md ----------------------------------------------------------------------
 
 
-def example_code() -> str:
-    text = DOCS.read_text()
-    match = re.search(r"<!-- extended-query-tags-example -->\s*```python\n(.*?)```", text, re.DOTALL)
-    assert match, "docs/extended-query-tags.md has no example"
-    return match.group(1)
-
-
 def test_the_example_of_the_docs_runs_against_the_server(settings, tmp_path):
     script = tmp_path / "example.py"
-    script.write_text(example_code())
+    script.write_text(docs_example("extended-query-tags.md", "extended-query-tags-example"))
     with running_server(settings, tmp_path / "server.log", {"DICOM_OPERATION_POLL_SECONDS": "1"}) as (url, _):
         for _ in range(2):  # twice: the second run finds the tags of the first, deletes and adds them again
-            result = subprocess.run(
-                [sys.executable, str(script)],
-                env={"DICOMWEB_URL": url, "PATH": "/usr/bin:/bin"},
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert result.returncode == 0, result.stdout + result.stderr
+            result = run_script(script, url)
             assert "2 series by ProtocolName" in result.stdout, result.stdout
             assert "searching by ProtocolName answers 400" in result.stdout, result.stdout
