@@ -137,6 +137,11 @@ async def test_a_store_indexes_ready_tags_at_once_and_includefield_returns_them(
     series_json = await search(client, "/v2/series", includefield="00181030")
     assert series_json[0]["00181030"]["Value"] == ["Lung screening"]
     assert uid_values(await search(client, "/v2/studies", PatientAge="061Y"), "0020000D") == [study]
+    # A tag matches at its level and below it, like a standard key, and not above it.
+    assert uid_values(await search(client, "/v2/series", PatientAge="061Y"), "0020000E") == [series]
+    assert len(await search(client, "/v2/instances", ProtocolName="Lung screening", PatientAge="06*")) == 1
+    above = await client.get("/v2/studies", params={"ProtocolName": "Lung*"})
+    assert above.status_code == 400 and "search /series instead" in above.json()["message"]
 
 
 async def test_a_private_tag_matches_only_in_the_block_of_its_private_creator(client, services):

@@ -114,6 +114,9 @@ async def run_pending(
         if claimed is None:
             continue
         ran += 1
+        if claimed.type not in handlers:  # written by a newer version of the service, or by hand
+            await _fail(services, claimed, f"operations of type {claimed.type!r} are not known to this service")
+            continue
         await _run(services, claimed, handlers[claimed.type], deadline)
         if deadline is not None and time.monotonic() >= deadline:
             break

@@ -266,24 +266,24 @@ class Index:
         """Up to ``limit`` instances (with their metadata) following ``after`` in key order: a reindex's next batch.
 
         Key order is partition, study, then series and instance, so a walk that resumes after its
-        last key misses nothing stored before it started and visits nothing twice.
+        last key misses nothing stored before it started and visits nothing twice. Two range
+        queries, the rest of ``after``'s study then the studies after it: Table Storage runs a
+        filter with ``or`` as a scan.
         """
-        if after is None:
-            query, parameters = "PartitionKey ge @low", {"low": ""}
-        else:
+        ranges = [("PartitionKey ge @pk", {"pk": ""})]
+        if after is not None:
             pk, rk = instance_keys(after)
-            # The SDK reads a parameter's name up to the next space: none may touch a parenthesis.
-            query, parameters = "PartitionKey gt @pk or ( PartitionKey eq @pk and RowKey gt @rk )", {"pk": pk, "rk": rk}
-        pages = self._instances.client.query_entities(
-            query, parameters=parameters, results_per_page=min(max(limit, 1), _PAGE)
-        ).by_page()
+            ranges = [("PartitionKey eq @pk and RowKey gt @rk", {"pk": pk, "rk": rk}), ("PartitionKey gt @pk", {"pk": pk})]
         found: list[InstanceRecord] = []
-        async for page in pages:
-            async for entity in page:
-                found.append(_instance_record(entity))
-            if len(found) >= limit:
-                break
-        return found[:limit]
+        for query, parameters in ranges:
+            pages = self._instances.client.query_entities(
+                query, parameters=parameters, results_per_page=min(max(limit - len(found), 1), _PAGE)
+            ).by_page()
+            async for page in pages:
+                found += [_instance_record(entity) async for entity in page]
+                if len(found) >= limit:
+                    return found[:limit]
+        return found
 
     async def instance_total(self) -> int:
         """How many instances the index holds: the studies' counts, one entity per study."""
