@@ -310,6 +310,29 @@ async def test_a_reindex_killed_mid_batch_resumes_from_its_checkpoint_on_another
     assert len(await search(client, "/v2/series", ProtocolName="P*", limit="100")) == 30
 
 
+async def test_a_server_killed_mid_reindex_leaves_it_to_the_next_server_which_completes_it(client, services, settings, tmp_path):
+    await store(client, [new_instance(ProtocolName=f"K{n:02d}") for n in range(40)])
+    operation_id = await add_tags(client, [{"path": "ProtocolName", "level": "Series"}])
+    environment = {"DICOM_OPERATION_BATCH_SIZE": "1", "DICOM_OPERATION_LEASE_SECONDS": "2", "DICOM_OPERATION_POLL_SECONDS": "1"}
+    with running_server(settings, tmp_path / "first.log", environment) as (_, process):
+        while (await services.operations.get(operation_id)).done < 2:
+            assert process.poll() is None
+            await asyncio.sleep(0.02)
+        process.kill()  # SIGKILL: no cleanup, the lease stays held
+        process.wait()
+    killed = await services.operations.get(operation_id)
+    assert killed.status == "running" and killed.done < 40, "the first server finished before it was killed"
+    with running_server(settings, tmp_path / "second.log", environment):
+        for _ in range(1200):  # the lease expires after 2 s, then 39 batches or fewer: well within 2 minutes
+            if (await services.operations.get(operation_id)).status == "completed":
+                break
+            await asyncio.sleep(0.1)
+    finished = await services.operations.get(operation_id)
+    assert finished.lease_owner is None and (finished.done, finished.total) == (40, 40)
+    assert await lookup_count(services, partition_key("Microsoft.Default", LEVELS["Series"], "x.00181030")) == 40
+    assert len(await search(client, "/v2/series", ProtocolName="K*", limit="100")) == 40
+
+
 async def test_two_workers_racing_for_one_operation_never_run_it_at_once(client, services, settings):
     await store(client, [new_instance(ProtocolName=f"R{n}") for n in range(12)])
     operation_id = await add_tags(client, [{"path": "ProtocolName", "level": "Series"}])
