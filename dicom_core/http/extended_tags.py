@@ -12,9 +12,9 @@ import json
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dicom_core.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
+from dicom_core.errors import BadRequest, NotFound, UnsupportedMediaType
 from dicom_core.http.auth import Access
-from dicom_core.http.context import base_url, services_for
+from dicom_core.http.context import base_url, body_at_most, services_for
 from dicom_core.http.media_types import MediaType
 from dicom_core.http.negotiation import choose
 from dicom_core.http.routing import Route
@@ -31,14 +31,9 @@ async def _json_body(request: Request) -> object:
     content_type = request.headers.get("content-type")
     if content_type is None or MediaType.parse(content_type).type != "application/json":
         raise UnsupportedMediaType("send the body as application/json")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > _MAX_BODY:
-            raise PayloadTooLarge(f"the body is larger than {_MAX_BODY} bytes")
-        chunks.append(chunk)
+    body = await body_at_most(request, _MAX_BODY, f"the body is larger than {_MAX_BODY} bytes")
     try:
-        return json.loads(b"".join(chunks))
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("the body is not valid JSON") from None
 
