@@ -11,6 +11,8 @@ Thin by design: it binds triggers to dicom_core.
 - A timer every 15 seconds runs the pending long-running operations (docs/operations.md)
   for at most ``OPERATIONS_BUDGET_SECONDS``, well within the function timeout; leases
   keep a second instance from running the same operation.
+- A timer every minute applies the change feed to the analytics Delta tables, and
+  one every hour compacts and vacuums them (operations/analytics.py).
 - An Event Grid-sourced blob trigger on the lake file system (connection
   ``DicomLake``) for files created under the contract folders, and an Event Grid
   trigger for ``Microsoft.Storage.BlobDeleted``: both reconcile the path.
@@ -29,6 +31,7 @@ from dicom_core.http.auth import Access
 from dicom_core.http.context import provide_services
 from dicom_core.http.errors import Handler
 from dicom_core.http.routes import route_table
+from dicom_core.operations.analytics import maintain, sync
 from dicom_core.services import Services
 from dicom_core.settings import Settings
 from dicom_core.storage.layout import LakeLayout
@@ -36,6 +39,8 @@ from dicom_core.storage.layout import LakeLayout
 HEALTH_SCHEDULE = "*/30 * * * * *"  # NCRONTAB with seconds: at :00 and :30 of every minute
 OPERATIONS_SCHEDULE = "*/15 * * * * *"
 OPERATIONS_BUDGET_SECONDS = 240  # one run's share of work; the lease carries the rest to the next run
+ANALYTICS_SYNC_SCHEDULE = "0 * * * * *"  # every minute, at :00
+ANALYTICS_MAINTENANCE_SCHEDULE = "0 30 * * * *"  # every hour, at half past
 LAKE_CONNECTION = "DicomLake"
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -86,6 +91,17 @@ async def health_check_timer(timer: func.TimerRequest) -> None:
 @app.timer_trigger(schedule=OPERATIONS_SCHEDULE, arg_name="timer", run_on_startup=False, use_monitor=False)
 async def operations_timer(timer: func.TimerRequest) -> None:
     await run_operations(await shared_services(), OPERATIONS_BUDGET_SECONDS)
+@app.function_name("analytics_sync_timer")
+@app.timer_trigger(schedule=ANALYTICS_SYNC_SCHEDULE, arg_name="timer", run_on_startup=False, use_monitor=False)
+async def analytics_sync_timer(timer: func.TimerRequest) -> None:
+    # Hosts that fire together find the lease taken and skip: one writer at a time.
+    await sync(await shared_services())
+
+
+@app.function_name("analytics_maintenance_timer")
+@app.timer_trigger(schedule=ANALYTICS_MAINTENANCE_SCHEDULE, arg_name="timer", run_on_startup=False, use_monitor=False)
+async def analytics_maintenance_timer(timer: func.TimerRequest) -> None:
+    await maintain(await shared_services())
 
 
 @app.function_name("lake_blob_created")

@@ -81,3 +81,5 @@ class Server:
     version: str
     data: Path
     """The folder that holds everything the server stored."""
+    lake_connection: str | None = None
+    """Ours: the connection string of its lake and index (bench/analytics.py reads the tables)."""

@@ -110,13 +110,74 @@ def reindex(arguments: argparse.Namespace) -> int:
             await services.close()
         counts = summary.counts
         print(
-            f"reindex: {len(files)} files; added {counts['added']}, fixed {counts['refreshed'] + counts['removed']} "
-            f"(refreshed {counts['refreshed']}, removed {counts['removed']}), unchanged {counts['unchanged']}, "
+            f"reindex: {len(files)} files; added {counts['added']}, refreshed {counts['refreshed']}, "
+            f"removed {counts['removed']} entries without a file, finished {summary.deletes_finished} interrupted "
+            f"deletes, recounted {summary.studies_recounted} studies, unchanged {counts['unchanged']}, "
             f"rejected {len(summary.rejected)}, failed {len(summary.failed)}"
         )
         for path, reason in summary.rejected:
             print(f"  rejected {path}: {reason}")
         return 1 if summary.failed else 0
+
+    return asyncio.run(run())
+
+
+def check(arguments: argparse.Namespace) -> int:
+    """Print every violation of the archive's invariants (operations/check.py); non-zero when there is one."""
+    import asyncio
+
+    from dicom_core.operations.check import check as check_archive
+    from dicom_core.services import Services
+    from dicom_core.settings import Settings
+
+    async def run() -> int:
+        services = await Services.open(Settings.from_environment())
+        try:
+            violations = await check_archive(services)
+        finally:
+            await services.close()
+        for violation in violations:
+            print(violation)
+        print(f"check: {len(violations)} violation(s)" + ("; `python -m dicom_core reindex` repairs them" if violations else ""))
+        return 1 if violations else 0
+
+    return asyncio.run(run())
+
+
+def analytics(arguments: argparse.Namespace) -> int:
+    """``analytics sync``, ``rebuild`` or ``maintain``: the analytics Delta tables by hand, with a progress bar."""
+    import asyncio
+
+    from tqdm import tqdm
+
+    from dicom_core.operations import analytics as tables
+    from dicom_core.services import Services
+    from dicom_core.settings import Settings
+
+    async def run() -> int:
+        services = await Services.open(Settings.from_environment())
+        try:
+            if arguments.action == "maintain":
+                compacted = await tables.maintain(services)
+                if compacted is None:
+                    print("analytics maintain: another host holds the lease (it is syncing now); try again")
+                    return 1
+                print(f"analytics maintain: compacted (files before) {compacted}; vacuumed")
+                return 0
+            if arguments.action == "rebuild":
+                operation, total, unit = tables.rebuild, await tables.count_instances(services), "instances"
+            else:
+                operation, total, unit = tables.sync, await tables.pending_changes(services), "changes"
+            with tqdm(total=total, unit=f" {unit}", desc=f"analytics {arguments.action}") as bar:
+                result = await operation(services, batch_size=arguments.batch_size, progress=bar.update)
+        finally:
+            await services.close()
+        if result.busy:
+            print("analytics: another host holds the lease (it is syncing now); try again in a minute")
+            return 1
+        rows = ", ".join(f"{count} {name} rows" for name, count in result.rows.items()) or "no rows"
+        print(f"analytics {arguments.action}: {result.entries} {unit} applied ({rows}); current to change {result.position}")
+        return 0
 
     return asyncio.run(run())
 
@@ -155,6 +216,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reindex_parser.add_argument("--partition", help="only this partition (default: all)")
     reindex_parser.set_defaults(run=reindex)
+    check_parser = commands.add_parser(
+        "check",
+        help="verify the archive's invariants (lake, index, change feed)",
+        description=(
+            "Read the lake, the index and the change feed and report every violation of the invariants in "
+            "docs/reliability.md, one line each with its path; exit 1 when there is any. Read-only."
+        ),
+    )
+    check_parser.set_defaults(run=check)
+    analytics_parser = commands.add_parser(
+        "analytics",
+        help="sync, rebuild or maintain the analytics Delta tables in the lake",
+        description=(
+            "The Delta tables under AHDS/{workspace}/dicom/{service}/analytics/ (docs/analytics.md). "
+            "sync: apply the change feed since the last sync (the timer does this every minute); "
+            "rebuild: recreate the tables from the index; maintain: compact small files and vacuum old versions."
+        ),
+    )
+    analytics_parser.add_argument("action", choices=["sync", "rebuild", "maintain"])
+    analytics_parser.add_argument("--batch-size", type=int, help="feed entries (rebuild: instances) per Delta commit")
+    analytics_parser.set_defaults(run=analytics)
     upload_cli.add_parser(commands)
     return parser
 

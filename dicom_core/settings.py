@@ -183,6 +183,10 @@ class Settings:
     jobs: Jobs = field(default_factory=Jobs)
     # Browser origins allowed to call the API (CORS), e.g. a viewer's; "*" allows any.
     cors_origins: tuple[str, ...] = ()
+    # The analytics Delta tables: how often the local server syncs them from the change feed
+    # (Azure: a timer every minute), and how many feed entries one Delta commit applies.
+    analytics_interval_seconds: int = 60
+    analytics_batch_size: int = 500
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -202,4 +206,6 @@ class Settings:
             cors_origins=tuple(
                 origin.strip().rstrip("/") for origin in (env.get("DICOM_CORS_ORIGINS") or "").split(",") if origin.strip()
             ),
+            analytics_interval_seconds=_int(env, "DICOM_ANALYTICS_INTERVAL_SECONDS", cls.analytics_interval_seconds),
+            analytics_batch_size=_int(env, "DICOM_ANALYTICS_BATCH_SIZE", cls.analytics_batch_size),
         )

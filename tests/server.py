@@ -17,16 +17,14 @@ from dicom_core.settings import Settings
 from tests.environments import server_environment
 
 
-@contextmanager
-def running_server(
-    settings: Settings, log: Path, extra_env: dict[str, str] | None = None
-) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Start the server on a free port; yield its /v2 URL and process; stop it after."""
+def start_server(
+    environment: dict[str, str], log: Path, arguments: tuple[str, ...] = (), module: str = "dicom_core"
+) -> tuple[str, subprocess.Popen]:
+    """``python -m {module} serve`` on a free port, its output in ``log``; its /v2 URL and process once it answers."""
     port = free_port()
-    environment = server_environment(settings) | (extra_env or {})
     with open(log, "ab") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dicom_core", "serve", "--port", str(port), "--log-level", "warning"],
+            [sys.executable, "-m", module, "serve", "--port", str(port), *arguments],
             cwd=REPOSITORY_ROOT,
             env=environment,
             stdout=output,
@@ -35,6 +33,21 @@ def running_server(
     url = f"http://127.0.0.1:{port}/v2"
     try:
         wait_until_answering(url, process, log)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return url, process
+
+
+@contextmanager
+def running_server(
+    settings: Settings, log: Path, extra_env: dict[str, str] | None = None, module: str = "dicom_core"
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Start the server over ``settings``; yield its /v2 URL and process; stop it after."""
+    environment = server_environment(settings) | (extra_env or {})
+    url, process = start_server(environment, log, ("--log-level", "warning"), module)
+    try:
         yield url, process
     finally:
         process.terminate()

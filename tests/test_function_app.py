@@ -184,3 +184,25 @@ def test_event_paths_outside_the_file_system_are_ignored():
     assert path_from_event_subject("/blobServices/default/containers/dicom/blobs/AHDS/x/y.dcm", "dicom") == "AHDS/x/y.dcm"
     assert path_from_event_subject("/blobServices/default/containers/other/blobs/AHDS/x.dcm", "dicom") is None
     assert path_from_event_subject("/fileServices/default/shares/dicom/files/x", "dicom") is None
+
+
+def test_analytics_timers_sync_every_minute_and_maintain_every_hour():
+    (sync_trigger,) = bindings("analytics_sync_timer")
+    (maintenance_trigger,) = bindings("analytics_maintenance_timer")
+    assert sync_trigger["type"] == maintenance_trigger["type"] == "timerTrigger"
+    assert sync_trigger["schedule"] == "0 * * * * *"
+    assert maintenance_trigger["schedule"] == "0 30 * * * *"
+    assert sync_trigger["runOnStartup"] is maintenance_trigger["runOnStartup"] is False
+
+
+async def test_analytics_timer_applies_the_change_feed(shared_from_environment, client, services):
+    from dicom_core.operations.analytics import open_tables
+    from tests.test_analytics import read
+
+    body, boundary = multipart([new_instance(), new_instance()])
+    assert (await client.post("/v2/studies", content=body, headers=stow_headers(boundary))).status_code == 200
+    await FUNCTIONS["analytics_sync_timer"].get_user_function()(None)
+    await FUNCTIONS["analytics_maintenance_timer"].get_user_function()(None)
+    tables = await open_tables(services)
+    assert read(tables, "instances").num_rows == 2
+    assert (await tables.applied_sequences())["instances"] == 2

@@ -132,3 +132,33 @@ async def test_a_store_interrupted_between_file_and_index_is_healed_by_reconcile
         assert indexed == on_lake == True  # noqa: E712 - the lake keeps all three; the index follows it
         study_counts += (await services.index.get_study(DEFAULT, uids(data)[0])).instance_count
     assert study_counts == 3
+
+
+async def test_reindex_of_a_consistent_archive_changes_nothing_and_says_so(client, services):
+    study = uids(new_instance())[0]
+    parts = [new_instance(study=study, modality=("CT", "MR")[n % 2]) for n in range(6)]
+    body, boundary = multipart(parts)
+    assert (await client.post("/v2/studies", content=body, headers=stow_headers(boundary))).status_code == 200
+    before = await services.changefeed.snapshot()
+    summary = await reindex(services, await contract_files(services))
+    assert summary.counts[UNCHANGED] == 6
+    assert (summary.counts[ADDED], summary.counts[REMOVED], summary.studies_recounted, summary.deletes_finished) == (0, 0, 0, 0)
+    # Same ETags in the index, the listing and the feed: no update entries, no create marked replaced.
+    assert await services.changefeed.snapshot() == before
+
+
+async def test_reindex_repairs_counts_and_reports_what_it_changed(client, services):
+    from dicom_core.operations.check import check
+
+    parts = [new_instance()]
+    study, series = uids(parts[0])[:2]
+    parts += [new_instance(study=study, series=series) for _ in range(3)]
+    body, boundary = multipart(parts)
+    assert (await client.post("/v2/studies", content=body, headers=stow_headers(boundary))).status_code == 200
+    # An instance entity removed behind the service's back: the file is an orphan, the counts too high.
+    await services.index.delete_instance(InstanceKey(DEFAULT, *uids(parts[0])[:3]))
+    assert {violation.invariant for violation in await check(services)} == {2, 3, 5}
+    summary = await reindex(services, await contract_files(services))
+    assert summary.counts[ADDED] == 1
+    assert await check(services) == []
+    assert (await services.index.get_study(DEFAULT, study)).instance_count == 4

@@ -7,7 +7,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -17,9 +16,9 @@ import httpx
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from dicom_core.local.azurite import REPOSITORY_ROOT, connection_string, free_port
+from dicom_core.local.azurite import connection_string
 from tests.dicom_files import multipart, new_instance, stow_headers, uids
-from tests.server import wait_until_answering
+from tests.server import start_server
 
 DEFAULT_PORTS = (10000, 10001, 10002)
 _STARTED = re.compile(r"Azurite started \(blob port (\d+), table port (\d+)")
@@ -44,22 +43,8 @@ def _start_serve(tmp_path: Path) -> tuple[subprocess.Popen, str, Path]:
     """``serve`` as a new user runs it: no DicomLake in the environment, Azurite data in ``tmp_path``."""
     environment = {name: value for name, value in os.environ.items() if not name.startswith("DicomLake")}
     environment.pop("DicomIndex", None)
-    port = free_port()
     log = tmp_path / "serve.log"
-    with open(log, "ab") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dicom_core", "serve", "--port", str(port), "--azurite-data", str(tmp_path / "azurite")],
-            cwd=REPOSITORY_ROOT,
-            env=environment,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/v2"
-    try:
-        wait_until_answering(url, process, log)
-    except BaseException:
-        _stop(process)
-        raise
+    url, process = start_server(environment, log, ("--azurite-data", str(tmp_path / "azurite")))
     return process, url, log
 
 

@@ -8,6 +8,11 @@ import re
 # Leading zeros are tolerated: real archives hold them and they cannot escape a path.
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _PARTITION = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Folders beside the partitions in the lake layout: a partition of that name would share them.
+RESERVED_PARTITIONS = {
+    "healthCheck": "the lake folder of that name holds the health check's file",
+    "analytics": "the lake folder of that name holds the analytics Delta tables",
+}
 
 
 def uid_problem(value: str) -> str | None:
@@ -25,7 +30,15 @@ def is_valid_uid(value: str) -> bool:
     return uid_problem(value) is None
 
 
+def partition_problem(name: str) -> str | None:
+    """Why ``name`` is not a valid partition name, or None when it is."""
+    if not _PARTITION.match(name) or name in {".", ".."}:
+        return "use 1-64 letters, digits, '.', '-' or '_'"
+    if name in RESERVED_PARTITIONS:
+        return f"it is reserved: {RESERVED_PARTITIONS[name]}"
+    return None
+
+
 def is_valid_partition(name: str) -> bool:
-    """Partition names are 1-64 letters, digits, '.', '-' or '_' (docs/lake-layout.md)."""
-    # "healthCheck" is the health folder beside the partitions in the lake layout.
-    return bool(_PARTITION.match(name)) and name not in {".", "..", "healthCheck"}
+    """Partition names are 1-64 letters, digits, '.', '-' or '_', and not a reserved folder's name (docs/lake-layout.md)."""
+    return partition_problem(name) is None

@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from dicom_core.dicom.uids import is_valid_partition, uid_problem
+from dicom_core.dicom.uids import partition_problem, uid_problem
 from dicom_core.errors import BadRequest, PayloadTooLarge
 from dicom_core.services import Services
 from dicom_core.settings import DEFAULT_PARTITION
@@ -41,8 +41,9 @@ def partition_of(request: Request) -> str:
     partition = request.path_params.get("partition")
     if partition is None:
         return DEFAULT_PARTITION
-    if not is_valid_partition(partition):
-        raise BadRequest(f"partition name {partition[:80]!r} is invalid: use 1-64 letters, digits, '.', '-' or '_'")
+    problem = partition_problem(partition)
+    if problem:
+        raise BadRequest(f"partition name {partition[:80]!r} is invalid: {problem}")
     return partition
 
 

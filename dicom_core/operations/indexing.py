@@ -73,9 +73,9 @@ def extended_values(metadata: dict, tags: Sequence[TagDeclaration]) -> tuple[dic
 
 
 def index_entries(
-    described: DescribedInstance, key: InstanceKey, path: str, size: int, etag: str, *, new: bool
+    described: DescribedInstance, key: InstanceKey, path: str, size: int, etag: str
 ) -> tuple[InstanceRecord, LevelUpdate]:
-    """The instance entity's record and the series/study change of a file at ``path`` (``new``: it counts)."""
+    """The instance entity's record and what the series and study entities keep of a file at ``path``."""
     parsed = described.parsed
     record = InstanceRecord(
         key=key,
@@ -93,7 +93,6 @@ def index_entries(
         partition=key.partition,
         study=key.study,
         series=key.series,
-        instances_added=1 if new else 0,
         modality=str(parsed.dataset.get("Modality", "") or ""),
         study_attributes=described.study_attributes,
         series_attributes=described.series_attributes,

@@ -22,13 +22,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
+from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from azure.core.exceptions import ResourceModifiedError
 
 from dicom_core.dicom.errors import InvalidInstance
 from dicom_core.dicom.extended_tags import TagDeclaration
+from dicom_core.dicom.levels import Level
 from dicom_core.errors import NotFound
 from dicom_core.operations.delete import delete, finish_all_interrupted, finish_interrupted
 from dicom_core.operations.extended_tags import indexed_declarations, record_tag_errors
@@ -82,13 +84,13 @@ async def _file_at(services: Services, path: str) -> LakeFile | None:
 
 
 async def _converge(services: Services, key: InstanceKey, path: str, file: LakeFile | None) -> ReconcileResult:
-    record = await services.index.get_instance(key)
+    existing = await services.index.get_instance(key)
     if file is None:
-        if record is None:
+        if existing is None:
             return ReconcileResult(path, UNCHANGED, "no file and no index entry")
         await _drop_entry(services, key)
         return ReconcileResult(path, REMOVED, "the file is gone: its index entry was removed")
-    if record is not None and record.etag == file.etag:
+    if existing is not None and existing.etag == file.etag:
         await services.changefeed.append([Change(key, path, file.etag)])
         return ReconcileResult(path, UNCHANGED, size=file.size)
     problem, described = await describe_file(services, path, file, await indexed_declarations(services))
@@ -101,15 +103,15 @@ async def _converge(services: Services, key: InstanceKey, path: str, file: LakeF
                 "move it to the path of its UIDs"
             )
     if problem:
-        if record is not None:
+        if existing is not None:
             await _drop_entry(services, key)
         return ReconcileResult(path, REJECTED, problem, file.size)
-    record, update = index_entries(described, key, path, file.size, file.etag, new=True)
-    created = await services.index.put_instance(record, create=True)
-    await services.index.record_stored(update if created else replace(update, instances_added=0))
+    record, update = index_entries(described, key, path, file.size, file.etag)
+    await services.index.put_instance(record)
+    await services.index.record_stored(update)
     await record_tag_errors(services, key, described.tag_errors)
     await services.changefeed.append([Change(key, path, file.etag)])
-    return ReconcileResult(path, ADDED if created else REFRESHED, size=file.size)
+    return ReconcileResult(path, ADDED if existing is None else REFRESHED, size=file.size)
 
 
 async def describe_file(
@@ -138,6 +140,8 @@ class ReindexSummary:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys((ADDED, REFRESHED, REMOVED, UNCHANGED, IGNORED), 0))
     rejected: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    deletes_finished: int = 0  # instances of interrupted deletes finished
+    studies_recounted: int = 0  # studies whose series or study counts were wrong and are now right
 
     def add(self, result: ReconcileResult) -> None:
         if result.outcome == REJECTED:
@@ -159,13 +163,15 @@ async def reindex(
     progress: Callable[[ReconcileResult], None] | None = None,
     concurrency: int = 8,
 ) -> ReindexSummary:
-    """Reconcile every file of ``files`` (from ``contract_files``), then drop entries whose file is gone.
+    """Bring the index in line with ``files`` (from ``contract_files``): every invariant of docs/reliability.md.
 
-    Idempotent, so an interrupted reindex is resumed by running it again: files whose
-    entry is current cost two point reads and are not read again.
+    Interrupted deletes are finished, every file reconciled, entries whose file is gone
+    dropped, and every study and series recounted from the entities under it. Idempotent,
+    so an interrupted reindex is resumed by running it again: files whose entry is current
+    cost two point reads and are not read again. The summary counts what was changed.
     """
     summary = ReindexSummary()
-    await finish_all_interrupted(services)
+    summary.deletes_finished = await finish_all_interrupted(services)
     slots = asyncio.Semaphore(concurrency)
 
     async def one(path: str, listed: LakeFile | None) -> None:
@@ -184,4 +190,23 @@ async def reindex(
     present = {file.path for file in files}
     missing = [record.path async for record in services.index.all_instances(partition) if record.path not in present]
     await asyncio.gather(*(one(path, None) for path in missing))
+    summary.studies_recounted = await _recount(services, partition)
     return summary
+
+
+async def _recount(services: Services, partition: str | None) -> int:
+    """Recount every study (of one partition) from its instance entities; the number whose counts were wrong."""
+    series_of: dict[tuple[str, str], set[str]] = defaultdict(set)
+    async for record in services.index.all_instances(partition):
+        series_of[(record.key.partition, record.key.study)].add(record.key.series)
+    for level in (Level.SERIES, Level.STUDY):
+        async for entry in services.index.all_of(level):
+            if partition is None or entry.partition == partition:
+                series_of[(entry.partition, entry.study)].update([entry.series] if level == Level.SERIES else [])
+    slots = asyncio.Semaphore(8)
+
+    async def one(where: tuple[str, str], series: set[str]) -> bool:
+        async with slots:
+            return await services.index.refresh(*where, sorted(series))
+
+    return sum(await asyncio.gather(*(one(where, series) for where, series in series_of.items())))

@@ -42,6 +42,7 @@ from dicom_core.dicom.levels import (
 from dicom_core.dicom.query import InvalidQuery, SearchQuery, parse_query
 from dicom_core.errors import BadRequest
 from dicom_core.operations.extended_tags import searchable_tags
+from dicom_core.operations.paging import page_of
 from dicom_core.services import Services
 from dicom_core.storage.index import Index
 from dicom_core.storage.lookup import parse_row_key, partition_key
@@ -50,7 +51,6 @@ from dicom_core.storage.records import InstanceRecord, LevelRecord, SeriesRecord
 
 _VERIFY_CONCURRENCY = 16  # candidates verified at once (point reads in flight)
 _SYNTHESIZED = {RETRIEVE_URL, INSTANCE_AVAILABILITY}
-WARNING_AGENT = "dicomweb-lake"
 
 Path = tuple[str, ...]
 
@@ -112,21 +112,8 @@ async def search(services: Services, request: SearchRequest) -> SearchResult:
     """Answer one QIDO-RS request; see the module docstring."""
     query, erroneous = await _parse(services, request)
     searcher = _Search(services.index, request.partition, query)
-    wanted = query.offset + query.limit + 1
-    rows: list[_Row] = []
-    found = searcher.rows()
-    try:
-        async for row in found:
-            rows.append(row)
-            if len(rows) >= wanted:
-                break
-    finally:
-        await found.aclose()
-    page = rows[query.offset : query.offset + query.limit]
-    warning = None
-    if len(rows) > query.offset + query.limit:
-        warning = more_results_warning(query.offset, query.limit, query.limit_capped)
-    return SearchResult([searcher.render(row, request.base_url) for row in page], warning, erroneous)
+    page = await page_of(searcher.rows(), query.offset, query.limit, query.limit_capped)
+    return SearchResult([searcher.render(row, request.base_url) for row in page.items], page.warning, erroneous)
 
 
 async def _parse(services: Services, request: SearchRequest) -> tuple[SearchQuery, tuple[str, ...]]:
@@ -164,14 +151,6 @@ def _tag_name(name: str) -> str:
     tag = tag_for_keyword(name)
     return f"{tag:08X}" if tag is not None else name.upper()
 
-
-def more_results_warning(offset: int, limit: int, capped: bool) -> str:
-    """The Warning header of a page that is not the last (PS3.18 8.3.4.4); ``capped``: the limit asked for was cut."""
-    cap = f" (at most {limit} per request: DICOM_MAX_SEARCH_RESULTS)" if capped else ""
-    return (
-        f'299 {WARNING_AGENT} "The number of results exceeded the limit{cap}. Additional results can be '
-        f'requested with offset={offset + limit}."'
-    )
 
 
 def _own_uid(constraint: Constraint, level: Level) -> bool:

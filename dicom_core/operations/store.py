@@ -3,8 +3,19 @@
 Each instance succeeds or fails on its own. The sequence for one instance is:
 parse and validate the header, zero the preamble, write the file atomically at
 its contract path (create-only for POST, replace for PUT), then write its index
-entity. The study and series entities (counts, modalities, attributes) are
-updated once per series per request, after its instances are in.
+entity (in transactions of up to 100 per study). Then, once per request:
+
+- when a DELETE ran in one of the studies meanwhile (the delete marker of
+  storage/delete_journal.py was set or changed), each of its new files is looked at
+  again, and an instance whose file that delete removed is taken out of the index and
+  reported failed: a store racing a delete ends stored and counted, or refused;
+- the change feed announces the new versions;
+- every series touched is recounted from its instance entities, and its study from
+  its series (storage/index.py ``refresh``), instances already stored included, so a
+  retry of a request that was cut off repairs the counts and the feed it left behind.
+
+A request killed at any point leaves files that are indexed or orphans (a retry, the
+blob-created event in Azure or a reindex indexes them): docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -14,7 +25,7 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from azure.core.exceptions import AzureError
@@ -37,7 +48,7 @@ from dicom_core.services import Services
 from dicom_core.storage.changefeed_store import Change
 from dicom_core.storage.errors import STORAGE_FAILURES, describe_failure
 from dicom_core.storage.index import PreparedInstance
-from dicom_core.storage.lake import InstanceExists, LakeFile
+from dicom_core.storage.lake import FileMissing, InstanceExists, LakeFile
 from dicom_core.storage.layout import InstanceKey
 from dicom_core.storage.records import InstanceRecord, LevelUpdate
 
@@ -136,16 +147,19 @@ async def store_instances(services: Services, request: StoreRequest, parts: Asyn
     slots = asyncio.Semaphore(services.settings.limits.store_concurrency)
     tags = await indexed_declarations(services)  # read once per request: the extended query tags to index
     entities = _InstanceEntityBatches(services)
+    deletes = _DeleteWatch(services)
     tasks: list[asyncio.Task] = []
     received: list[ReceivedPart] = []
 
     async def run(part: ReceivedPart) -> InstanceOutcome:
         try:
-            outcome, pending = await _store_file(services, request, part, tags)
+            outcome, pending = await _store_file(services, request, part, deletes, tags)
         finally:
             part.file.close()
             slots.release()
-        if pending is not None:
+        if pending is not None and pending.stored_before:
+            entities.already_stored(pending)
+        elif pending is not None:
             await entities.add(outcome, pending)
         return outcome
 
@@ -166,7 +180,10 @@ async def store_instances(services: Services, request: StoreRequest, parts: Asyn
         raise
     result = StoreResult(outcomes)
     try:
-        await _record_levels(services, entities.level_updates)
+        await deletes.withdraw_what_they_removed(entities.indexed)
+        touched = [pending for _, pending in entities.indexed] + entities.duplicates
+        await _announce(services, [pending for pending in touched if pending.announce])
+        await _record_levels(services, [pending.update for pending in touched])
     except STORAGE_FAILURES as error:
         raise StorageUnavailable(describe_failure("updating the study and series index entries", error)) from error
 
@@ -181,14 +198,8 @@ async def store_instances(services: Services, request: StoreRequest, parts: Asyn
 
 
 async def _record_levels(services: Services, updates: list[LevelUpdate]) -> None:
-    """One series/study entity change per series touched; studies in parallel, series of a study in turn."""
-    merged: dict[tuple[str, str, str], LevelUpdate] = {}
-    for update in updates:
-        key = (update.partition, update.study, update.series)
-        previous = merged.get(key)
-        if previous is not None:
-            update = replace(update, instances_added=previous.instances_added + update.instances_added)
-        merged[key] = update
+    """One recount per series touched (the last attributes seen win); studies in parallel, series of a study in turn."""
+    merged = {(update.partition, update.study, update.series): update for update in updates}
     by_study: dict[tuple[str, str], list[LevelUpdate]] = defaultdict(list)
     for (partition, study, _), update in merged.items():
         by_study[(partition, study)].append(update)
@@ -202,11 +213,60 @@ async def _record_levels(services: Services, updates: list[LevelUpdate]) -> None
 
 @dataclass
 class _PendingEntity:
-    """An instance whose file is in the lake and whose index entity is not written yet."""
+    """An instance whose file is in the lake and whose index entity is not written yet (or was, before: a duplicate)."""
 
     record: InstanceRecord
     update: LevelUpdate
     replaced: bool
+    stored_before: bool = False  # a POST of an instance already stored: nothing is written, the feed and counts checked
+    announce: bool = True  # False once withdrawn because a concurrent delete removed its file
+
+
+class _DeleteWatch:
+    """Whether a DELETE ran in a study while this request stored into it (storage/delete_journal.py, the marker).
+
+    The marker is read before the first file of a study is written and again after every
+    entity is; a delete that could have removed one of those files was running at the
+    first read, or began or ended between the two, so it changed the marker.
+    """
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._before: dict[tuple[str, str], asyncio.Future] = {}
+
+    async def before_writing(self, partition: str, study: str) -> None:
+        if (partition, study) not in self._before:
+            self._before[(partition, study)] = asyncio.ensure_future(self._services.deletes.marker(partition, study))
+        await self._before[(partition, study)]
+
+    async def withdraw_what_they_removed(self, indexed: list[tuple[InstanceOutcome, _PendingEntity]]) -> None:
+        """Settle each new instance of a study a delete ran in: stored and indexed, or refused.
+
+        A delete removes files first and entries after. So when the file is gone the delete
+        removed it: the entry goes too and the instance is reported failed. When the file is
+        this request's but the entry is gone, the delete removed the entry after this request
+        wrote the file: the entry is written again, and the instance stays stored.
+        """
+        raced = set()
+        for (partition, study), first in self._before.items():
+            before, after = first.result(), await self._services.deletes.marker(partition, study)
+            if (before is not None and before.jobs) or (before and before.version) != (after and after.version):
+                raced.add((partition, study))
+        for outcome, pending in indexed:
+            key = pending.record.key
+            if (key.partition, key.study) not in raced:
+                continue
+            try:
+                file = await self._services.lake.properties(pending.record.path)
+            except FileMissing:
+                await self._services.index.delete_instance(key)
+                pending.announce = False
+                outcome.failure_reason = PROCESSING_FAILURE
+                outcome.message = "a DELETE of this study that ran at the same time removed the instance; store it again"
+                outcome.retrieve_url = None
+                continue
+            if file.etag == pending.record.etag and await self._services.index.get_instance(key) is None:
+                await self._services.index.put_instance(pending.record)
 
 
 class _InstanceEntityBatches:
@@ -226,7 +286,11 @@ class _InstanceEntityBatches:
         self._open: dict[tuple[str, str], list[tuple[InstanceOutcome, _PendingEntity, PreparedInstance]]] = {}
         self._open_bytes: dict[tuple[str, str], int] = defaultdict(int)
         self._flushes: list[asyncio.Task] = []
-        self.level_updates: list[LevelUpdate] = []
+        self.indexed: list[tuple[InstanceOutcome, _PendingEntity]] = []
+        self.duplicates: list[_PendingEntity] = []
+
+    def already_stored(self, pending: _PendingEntity) -> None:
+        self.duplicates.append(pending)
 
     async def add(self, outcome: InstanceOutcome, pending: _PendingEntity) -> None:
         prepared = self._services.index.prepare_instance(pending.record)
@@ -259,24 +323,18 @@ class _InstanceEntityBatches:
 
     async def _write(self, batch: list[tuple[InstanceOutcome, _PendingEntity, PreparedInstance]]) -> None:
         index = self._services.index
-        indexed = [pending for _, pending, _ in batch]
         try:
-            # New instances are created, not upserted: when a reconcile indexed the file first, it counted it.
-            new = {pending.record.key for pending in indexed if not pending.replaced}
-            await index.put_instances([prepared for _, _, prepared in batch], create=new)
-            self.level_updates.extend(pending.update for pending in indexed)
+            await index.put_instances([prepared for _, _, prepared in batch])
+            self.indexed.extend((outcome, pending) for outcome, pending, _ in batch)
         except AzureError:
             logger.warning("an instance entity transaction failed; writing its %d entities one by one", len(batch))
-            indexed = []
             for outcome, pending, _ in batch:
                 try:
-                    counts = await index.put_instance(pending.record, create=not pending.replaced)
+                    await index.put_instance(pending.record)
                 except AzureError as error:
                     await self._fail(outcome, pending, error)
                 else:
-                    self.level_updates.append(pending.update if counts else replace(pending.update, instances_added=0))
-                    indexed.append(pending)
-        await _announce(self._services, indexed)
+                    self.indexed.append((outcome, pending))
 
     async def _fail(self, outcome: InstanceOutcome, pending: _PendingEntity, error: AzureError) -> None:
         outcome.failure_reason = PROCESSING_FAILURE
@@ -288,21 +346,23 @@ class _InstanceEntityBatches:
 
 
 async def _announce(services: Services, indexed: list[_PendingEntity]) -> None:
-    """Add the change-feed entries of indexed instances (create, or update when replaced).
+    """Add the change-feed entries of indexed instances (create, or update when replaced; nothing when announced).
 
     The instance is stored and indexed already, so a feed that cannot be written does
     not fail it: the version stays unannounced until a reconcile of its path (the
     blob-created event in Azure) or a reindex announces it (operations/reconcile.py).
     """
     try:
-        changes = [Change(p.record.key, p.record.path, p.record.etag, probably_new=not p.replaced) for p in indexed]
+        changes = [
+            Change(p.record.key, p.record.path, p.record.etag, probably_new=not (p.replaced or p.stored_before)) for p in indexed
+        ]
         await services.changefeed.append(changes)
     except STORAGE_FAILURES as error:
         logger.warning("the change feed could not be written for %d instances: %s", len(indexed), type(error).__name__)
 
 
 async def _store_file(
-    services: Services, request: StoreRequest, part: ReceivedPart, tags: list[TagDeclaration]
+    services: Services, request: StoreRequest, part: ReceivedPart, deletes: _DeleteWatch, tags: list[TagDeclaration]
 ) -> tuple[InstanceOutcome, _PendingEntity | None]:
     """Validate one part and write its file; the index entity is written by the caller, in batches."""
     if part.refusal is not None:
@@ -328,11 +388,14 @@ async def _store_file(
     key = InstanceKey(request.partition, parsed.study_uid, parsed.series_uid, parsed.sop_uid)
     path = services.layout.instance_path(key)
     try:
+        await deletes.before_writing(key.partition, key.study)
         written, replaced = await _write_file(services, request, key, path, part)
-    except InstanceExists:
+    except _AlreadyStored as stored:
         outcome.failure_reason = INSTANCE_EXISTS
         outcome.message = "an instance with these UIDs is already stored; use PUT to replace it"
-        return outcome, None
+        # Checked as if stored again: a request cut off after indexing it may not have announced or counted it.
+        _, update = index_entries(prepared, key, path, part.size, stored.record.etag)
+        return outcome, _PendingEntity(stored.record, update, replaced=False, stored_before=True)
     except (AzureError, OSError) as error:
         logger.warning("writing an instance file failed: %s", type(error).__name__)
         outcome.failure_reason = PROCESSING_FAILURE
@@ -341,12 +404,20 @@ async def _store_file(
 
     outcome.replaced = replaced
     outcome.retrieve_url = f"{request.base_url}/studies/{key.study}/series/{key.series}/instances/{key.sop}"
-    record, update = index_entries(prepared, key, path, part.size, written.etag, new=not replaced)
+    record, update = index_entries(prepared, key, path, part.size, written.etag)
     try:
         await record_tag_errors(services, key, prepared.tag_errors)
     except STORAGE_FAILURES as error:  # the instance is stored all the same; its tag errors go unlisted
         logger.warning("extended query tag errors could not be recorded: %s", type(error).__name__)
     return outcome, _PendingEntity(record, update, replaced)
+
+
+class _AlreadyStored(Exception):
+    """POST of an instance that is stored and indexed: ``record`` is its index entry."""
+
+    def __init__(self, record: InstanceRecord) -> None:
+        super().__init__(record.path)
+        self.record = record
 
 
 async def _write_file(
@@ -362,11 +433,11 @@ async def _write_file(
     try:
         return await services.lake.write(path, part.file, part.size, overwrite=False), False
     except InstanceExists:
-        indexed = await services.index.get_instance(key) is not None
-        if indexed and not request.upsert:
-            raise
+        record = await services.index.get_instance(key)
+        if record is not None and not request.upsert:
+            raise _AlreadyStored(record) from None
     part.file.seek(0)
-    return await services.lake.write(path, part.file, part.size, overwrite=True), indexed
+    return await services.lake.write(path, part.file, part.size, overwrite=True), record is not None
 
 
 def _prepare(part: ReceivedPart, limits: StructureLimits, tags: list[TagDeclaration]) -> DescribedInstance:

@@ -51,7 +51,7 @@ from dicom_core.dicom.workitem import (
     with_progress,
 )
 from dicom_core.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, StorageUnavailable
-from dicom_core.operations.search import WARNING_AGENT, more_results_warning
+from dicom_core.operations.paging import WARNING_AGENT, page_of
 from dicom_core.services import Services
 from dicom_core.storage.lookup_plan import LookupPlan, plan
 from dicom_core.storage.workitems import WorkitemRecord, WorkitemStore
@@ -366,20 +366,9 @@ def _count(controls: dict[str, str], name: str, default: int, maximum: int | Non
 async def search_workitems(services: Services, partition: str, parameters: Sequence[tuple[str, str]]) -> WorkitemSearchResult:
     """Workitems matching the query, by key lookups only: the cheapest key drives, every candidate is verified."""
     query = _parse_search(parameters, services.settings.limits.max_search_results)
-    store = services.workitems
-    wanted = query.offset + query.limit + 1
-    found: list[WorkitemRecord] = []
-    matches = _matches(store, partition, query, wanted)
-    try:
-        async for record in matches:
-            found.append(record)
-            if len(found) >= wanted:
-                break
-    finally:
-        await matches.aclose()
-    page = found[query.offset : query.offset + query.limit]
-    more = more_results_warning(query.offset, query.limit, query.capped) if len(found) > query.offset + query.limit else None
-    return WorkitemSearchResult([record.dataset for record in page], more)
+    matches = _matches(services.workitems, partition, query, query.offset + query.limit + 1)
+    page = await page_of(matches, query.offset, query.limit, query.capped)
+    return WorkitemSearchResult([record.dataset for record in page.items], page.warning)
 
 
 async def _matches(store: WorkitemStore, partition: str, query: _Query, page_size: int) -> AsyncIterator[WorkitemRecord]:

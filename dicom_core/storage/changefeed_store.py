@@ -69,6 +69,16 @@ class Change:
 
 
 @dataclass(frozen=True)
+class Pointer:
+    """The latest announced version of one instance: its entry's sequence and file ETag, or its deletion."""
+
+    key: InstanceKey
+    latest: int
+    file_etag: str
+    deleted: bool
+
+
+@dataclass(frozen=True)
 class FeedEntry:
     sequence: int
     key: InstanceKey
@@ -158,12 +168,38 @@ class ChangeFeedStore(Table):
         except ResourceNotFoundError:
             return None
 
+    async def snapshot(self) -> tuple[int, list[FeedEntry], list[Pointer]]:
+        """The counter, every entry and every pointer: the whole feed, for the consistency checker only."""
+        last, entries, pointers = 0, [], []
+        async for entity in self.client.query_entities("PartitionKey eq @pk", parameters={"pk": FEED_PARTITION}):
+            row_key = entity["RowKey"]
+            if row_key == COUNTER:
+                last = int(entity["Last"])
+            elif row_key.startswith("e"):
+                entries.append(_entry(entity))
+            else:
+                partition, study, series, sop = row_key[1:].split("|")
+                key = InstanceKey(partition, study, series, sop)
+                pointers.append(Pointer(key, int(entity["Latest"]), entity["FileETag"], bool(entity["Deleted"])))
+        return last, entries, pointers
+
     async def latest(self) -> FeedEntry | None:
         """The entry with the highest sequence, or None when the feed is empty."""
         counter = await self._get(COUNTER)
         if counter is None or not counter["Last"]:
             return None
         return _entry(await self._get(entry_row_key(int(counter["Last"]))))
+
+    async def last_sequence(self) -> int:
+        """The highest sequence used (0 for an empty feed)."""
+        counter = await self._get(COUNTER)
+        return int(counter["Last"]) if counter else 0
+
+    async def entries(self, first: int, last: int) -> list[FeedEntry]:
+        """Entries ``first`` to ``last`` (inclusive), by sequence: one key-range query."""
+        query = "PartitionKey eq @pk and RowKey ge @low and RowKey le @high"
+        parameters = {"pk": FEED_PARTITION, "low": entry_row_key(first), "high": entry_row_key(last)}
+        return [_entry(entity) async for entity in self.client.query_entities(query, parameters=parameters)]
 
     async def read(self, start: datetime | None, end: datetime | None, offset: int, limit: int) -> list[FeedEntry]:
         """Entries with ``start <= Timestamp < end``, skipping ``offset``, at most ``limit``, by sequence."""
@@ -174,9 +210,7 @@ class ChangeFeedStore(Table):
         low, high = first + offset, min(first + offset + limit, stop)
         if low >= high:
             return []
-        query = "PartitionKey eq @pk and RowKey ge @low and RowKey lt @high"
-        parameters = {"pk": FEED_PARTITION, "low": entry_row_key(low), "high": entry_row_key(high)}
-        return [_entry(entity) async for entity in self.client.query_entities(query, parameters=parameters)]
+        return await self.entries(low, high - 1)
 
     async def _first_at_or_after(self, moment: datetime, last: int) -> int:
         """The lowest sequence whose time is at least ``moment`` (``last + 1`` when none): bisection."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.pipeline.transport import AioHttpTransport
 from azure.data.tables.aio import TableServiceClient
 from azure.storage.blob.aio import BlobServiceClient
@@ -26,7 +27,8 @@ def _transport() -> AioHttpTransport:
     return AioHttpTransport(use_env_settings=proxied)
 
 
-def _credential(connection: Connection):
+def credential(connection: Connection) -> AsyncTokenCredential:
+    """The identity of an identity-based connection: its user-assigned managed identity, else the default chain."""
     # Imported here: azure-identity is only needed for identity-based connections.
     from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 
@@ -37,8 +39,7 @@ def _credential(connection: Connection):
 
 def _missing(connection_name: str, what: str) -> ValueError:
     return ValueError(
-        f"setting {connection_name} has no connection string and no {connection_name}__{what}: "
-        "set one of them (docs/settings.md)"
+        f"setting {connection_name} has no connection string and no {connection_name}__{what}: set one of them (docs/settings.md)"
     )
 
 
@@ -63,7 +64,7 @@ def blob_service(connection: Connection, statistics: RequestStatistics) -> BlobS
         return BlobServiceClient.from_connection_string(connection.connection_string, **options)
     if not connection.blob_service_uri:
         raise _missing("DicomLake", "blobServiceUri")
-    return BlobServiceClient(connection.blob_service_uri, credential=_credential(connection), **options)
+    return BlobServiceClient(connection.blob_service_uri, credential=credential(connection), **options)
 
 
 def datalake_service(connection: Connection, statistics: RequestStatistics) -> DataLakeServiceClient:
@@ -73,7 +74,7 @@ def datalake_service(connection: Connection, statistics: RequestStatistics) -> D
     uri = connection.dfs_service_uri or (connection.blob_service_uri or "").replace(".blob.", ".dfs.")
     if not uri:
         raise _missing("DicomLake", "dfsServiceUri")
-    return DataLakeServiceClient(uri, credential=_credential(connection), **options)
+    return DataLakeServiceClient(uri, credential=credential(connection), **options)
 
 
 def table_service(connection: Connection, statistics: RequestStatistics) -> TableServiceClient:
@@ -82,4 +83,4 @@ def table_service(connection: Connection, statistics: RequestStatistics) -> Tabl
         return TableServiceClient.from_connection_string(connection.connection_string, **options)
     if not connection.table_service_uri:
         raise _missing("DicomIndex", "tableServiceUri")
-    return TableServiceClient(connection.table_service_uri, credential=_credential(connection), **options)
+    return TableServiceClient(connection.table_service_uri, credential=credential(connection), **options)

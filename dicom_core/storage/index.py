@@ -13,9 +13,10 @@ instances   ``{partition}|{study}``         ``{series}|{sop}``
 
 Instances of a study share a PartitionKey, so "instances of a study/series" is a
 single-partition range. Counts that searches return (related series and
-instances, modalities in study) live on the study and series entities and are
-changed with ETag optimistic concurrency, so concurrent stores and deletes keep
-them exact. Callers see typed records (storage/records.py), never entities.
+instances, modalities in study) live on the study and series entities; they are
+recounted from the entities below them after every store and delete, under ETag
+optimistic concurrency, so concurrent and repeated stores and deletes keep them
+exact (``refresh``). Callers see typed records (storage/records.py), never entities.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import zlib
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,7 +35,7 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModif
 from azure.data.tables import TableEntity, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
-from dicom_core.dicom.levels import Level
+from dicom_core.dicom.levels import SERIES_TAGS, STUDY_TAGS, Level, level_json
 from dicom_core.storage.errors import StorageContention
 from dicom_core.storage.keys import (
     UID_COLUMNS,
@@ -53,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 _MAX_BINARY = 64 * 1024  # Table Storage's limit for one binary property
 _CONCURRENCY_RETRIES = 50
-_APPLIED_DELETES_KEPT = 50  # delete jobs a study or series entity remembers, so a resumed delete counts once
+_MODALITY = "00080060"
 _PAGE = 1000  # Table Storage's largest page
 # Instance columns read unless the metadata is asked for: everything but the DICOM JSON, the largest.
 _INSTANCE_SUMMARY = [
@@ -213,35 +215,16 @@ class Index:
     def prepare_instance(self, record: InstanceRecord) -> PreparedInstance:
         return PreparedInstance(record, _instance_entity(record))
 
-    async def put_instance(self, record: InstanceRecord, *, create: bool = False) -> bool:
-        """Create or replace one instance entity; True when it was created.
-
-        With ``create``, the entity is created when absent and replaced otherwise, and
-        the result tells which: only the writer that created it counts the instance.
-        """
-        entity = _instance_entity(record)
+    async def put_instance(self, record: InstanceRecord) -> None:
+        """Create or replace one instance entity (counts follow from ``refresh``)."""
         await self.lookup.put(instance_entries(record))  # first: an entity is never visible without its entries
-        if create:
-            try:
-                await self._instances.client.create_entity(entity)
-                return True
-            except ResourceExistsError:
-                pass
-        await self._instances.client.upsert_entity(entity, mode=UpdateMode.REPLACE)
-        return False
+        await self._instances.client.upsert_entity(_instance_entity(record), mode=UpdateMode.REPLACE)
 
-    async def put_instances(self, prepared: list[PreparedInstance], *, create: Iterable[InstanceKey] = ()) -> None:
-        """Create or replace instance entities of one study in one transaction (at most 100, under 4 MiB).
-
-        Entities of the keys in ``create`` are create-only: the transaction fails when one exists.
-        """
-        created = set(create)
+    async def put_instances(self, prepared: list[PreparedInstance]) -> None:
+        """Create or replace instance entities of one study in one transaction (at most 100, under 4 MiB)."""
         await self.lookup.put(entry for item in prepared for entry in instance_entries(item.record))
         await self._instances.client.submit_transaction(
-            [
-                ("create", item.entity) if item.record.key in created else ("upsert", item.entity, {"mode": UpdateMode.REPLACE})
-                for item in prepared
-            ]
+            [("upsert", item.entity, {"mode": UpdateMode.REPLACE}) for item in prepared]
         )
 
     def instances_of_study(
@@ -262,6 +245,11 @@ class Index:
         async for entity in entities:
             yield _instance_record(entity)
 
+    async def all_of(self, level: Level) -> AsyncIterator[LevelRecord]:
+        """Every study or series record of every partition; for the consistency checker and reindex only."""
+        decode = _DECODERS[level]
+        async for entity in self._tables[level].list_entities(results_per_page=_PAGE):
+            yield decode(entity)
     async def instances_after(self, after: InstanceKey | None, limit: int) -> list[InstanceRecord]:
         """Up to ``limit`` instances (with their metadata) following ``after`` in key order: a reindex's next batch.
 
@@ -435,7 +423,7 @@ class Index:
     # -- counts ------------------------------------------------------------------------------
 
     async def record_stored(self, update: LevelUpdate) -> None:
-        """Apply what a store request added to one series to its series and study entities.
+        """Make the series and study of a store agree with their instance entities, with the attributes just seen.
 
         The lookup entries of both go first, so a study or series is never visible without
         them; an entry left by a failure in between is stale, and searches verify entries.
@@ -444,111 +432,106 @@ class Index:
             study_entries(update.partition, update.study, update.study_attributes, update.modality)
             + level_entries(update.partition, Level.SERIES, (update.study, update.series), update.series_attributes)
         )
-        series_created = await self._change(
-            self._series.client,
-            study_partition_key(update.partition, update.study),
-            update.series,
-            lambda entity: _apply_series(entity, update),
-        )
-        await self._change(
-            self._studies.client,
-            update.partition,
-            update.study,
-            lambda entity: _apply_study(entity, update, series_created),
-        )
+        await self.refresh(update.partition, update.study, [update.series], update)
 
-    async def _change(self, table: TableClient, pk: str, rk: str, mutate: Callable[[dict], None]) -> bool:
-        """Read-modify-write one entity under ETag concurrency; True when it was created."""
+    async def refresh(
+        self, partition: str, study: str, series: Iterable[str], update: LevelUpdate | None = None
+    ) -> bool:
+        """Recount ``series`` of ``study`` and then the study from the entities under them; True when a count changed.
+
+        Counts are derived, never incremented, so a store or delete that is retried, or
+        killed and finished by another host, cannot count anything twice or not at all.
+        Each write is conditional on the ETag read before counting: whoever writes last
+        counted after every entity write that preceded it (docs/reliability.md), and every
+        writer of an instance entity refreshes afterwards.
+        """
+        changed = False
+        for uid in dict.fromkeys(series):
+            changed |= await self._refresh_series(partition, study, uid, update)
+        return await self._refresh_study(partition, study, update) or changed
+
+    async def _refresh_series(self, partition: str, study: str, series: str, update: LevelUpdate | None) -> bool:
+        table, pk = self._series.client, study_partition_key(partition, study)
         for _ in range(_CONCURRENCY_RETRIES):
-            current = await self._get(table, pk, rk)
-            entity = dict(current) if current is not None else {"PartitionKey": pk, "RowKey": rk}
-            mutate(entity)
+            current = await self._get(table, pk, series)
+            count = await self._count(self._instances.client, pk, *children_range(series))
+            before = int(current.get("NumberOfSeriesRelatedInstances", -1)) if current is not None else 0
             try:
-                if current is None:
-                    await table.create_entity(entity)
-                    return True
-                await table.update_entity(
-                    entity,
-                    mode=UpdateMode.REPLACE,
-                    etag=current.metadata["etag"],
-                    match_condition=MatchConditions.IfNotModified,
+                if count == 0:
+                    await self._remove(table, current)
+                    return current is not None
+                entity = dict(current) if current is not None else {"PartitionKey": pk, "RowKey": series}
+                attributes = update.series_attributes if update is not None else None
+                modality = update.modality if update is not None else None
+                if current is None and update is None:
+                    modality, attributes = await self._seen_in_series(partition, study, series, SERIES_TAGS)
+                entity.update(PartitionName=partition, StudyInstanceUID=study, SeriesInstanceUID=series)
+                entity.update(NumberOfSeriesRelatedInstances=count, UpdatedAt=datetime.now(UTC))
+                if attributes is not None:
+                    entity.update(Attributes=json.dumps(attributes, separators=(",", ":")), Modality=modality or "")
+                await self._write(table, entity, current)
+                return before != count
+            except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+                continue  # another writer got there first: read and count again
+        raise StorageContention(f"gave up recounting series {series} after {_CONCURRENCY_RETRIES} conflicts")
+
+    async def _refresh_study(self, partition: str, study: str, update: LevelUpdate | None) -> bool:
+        table = self._studies.client
+        for _ in range(_CONCURRENCY_RETRIES):
+            current = await self._get(table, partition, study)
+            series = [record async for record in self.children(Level.SERIES, partition, study)]
+            counts = (len(series), sum(record.instance_count for record in series))
+            modalities = dict(sorted(Counter(record.modality for record in series if record.modality).items()))
+            before = _study_record(current) if current is not None else None
+            try:
+                if not series:
+                    await self._remove(table, current)
+                    return current is not None
+                entity = dict(current) if current is not None else {"PartitionKey": partition, "RowKey": study}
+                attributes = update.study_attributes if update is not None else None
+                if current is None and update is None:
+                    _, attributes = await self._seen_in_series(partition, study, series[0].series, STUDY_TAGS)
+                entity.update(PartitionName=partition, StudyInstanceUID=study, UpdatedAt=datetime.now(UTC))
+                entity.update(NumberOfStudyRelatedSeries=counts[0], NumberOfStudyRelatedInstances=counts[1])
+                entity.update(ModalityCounts=json.dumps(modalities, sort_keys=True))
+                if attributes is not None:
+                    entity["Attributes"] = json.dumps(attributes, separators=(",", ":"))
+                await self._write(table, entity, current)
+                return before is None or (before.series_count, before.instance_count, dict(before.modality_counts)) != (
+                    *counts,
+                    modalities,
                 )
-                return False
-            except (ResourceExistsError, ResourceModifiedError):
-                continue  # another writer got there first: read again
-        raise StorageContention(f"gave up updating {table.table_name} entity {pk}/{rk} after {_CONCURRENCY_RETRIES} conflicts")
+            except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+                continue
+        raise StorageContention(f"gave up recounting study {study} after {_CONCURRENCY_RETRIES} conflicts")
 
-    async def record_deleted(self, partition: str, study: str, series: str, removed: int, job: str) -> None:
-        """Take ``removed`` instances of delete ``job`` off the series and study counts, once per job.
+    @staticmethod
+    async def _write(table: TableClient, entity: dict, current: TableEntity | None) -> None:
+        """Create ``entity``, or replace ``current`` if nobody changed it since it was read."""
+        if current is None:
+            await table.create_entity(entity)
+        else:
+            await table.update_entity(
+                entity, mode=UpdateMode.REPLACE, etag=current.metadata["etag"], match_condition=MatchConditions.IfNotModified
+            )
 
-        Each entity remembers the jobs it applied, so a delete resumed after an outage
-        never decrements twice. A series left without instances is removed, and with
-        it one series of its modality from the study (ModalitiesInStudy); a study left
-        without series is removed.
-        """
-        series_key = study_partition_key(partition, study)
-        modality = await self._decrement(
-            self._series.client, series_key, series, job, {"NumberOfSeriesRelatedInstances": removed}
+    @staticmethod
+    async def _remove(table: TableClient, current: TableEntity | None) -> None:
+        """Delete ``current`` (a series or study left without instances) if nobody changed it since it was read."""
+        if current is not None:
+            unchanged = {"etag": current.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
+            await table.delete_entity(current["PartitionKey"], current["RowKey"], **unchanged)
+
+    async def _count(self, table: TableClient, pk: str, low: str, high: str) -> int:
+        query, parameters = range_filter("RowKey", low, high)
+        entities = table.query_entities(
+            f"PartitionKey eq @pk and {query}", parameters={"pk": pk} | parameters, select=["RowKey"], results_per_page=_PAGE
         )
-        series_gone = modality is not None or await self.get_series(partition, study, series) is None
-        changes = {"NumberOfStudyRelatedInstances": removed, "NumberOfStudyRelatedSeries": 1 if series_gone else 0}
-        await self._decrement(self._studies.client, partition, study, f"{job}|{series}", changes, modality or "")
+        return sum([1 async for _ in entities])
 
-    async def _decrement(
-        self, table: TableClient, pk: str, rk: str, job: str, amounts: dict[str, int], modality: str = ""
-    ) -> str | None:
-        """Subtract ``amounts`` once per ``job`` under ETag concurrency; delete the entity when its first count hits 0.
-
-        Returns the Modality of a deleted entity ("" when it had none), None when it remains or never existed.
-        """
-        for _ in range(_CONCURRENCY_RETRIES):
-            current = await self._get(table, pk, rk)
-            applied = json.loads(current.get("AppliedDeletes", "[]")) if current is not None else []
-            if current is None or job in applied:
-                return None
-            entity = dict(current)
-            for name, amount in amounts.items():
-                entity[name] = max(entity.get(name, 0) - amount, 0)
-            if modality and amounts.get("NumberOfStudyRelatedSeries"):
-                modalities = json.loads(entity.get("ModalityCounts", "{}"))
-                modalities[modality] = modalities.get(modality, 0) - 1
-                entity["ModalityCounts"] = json.dumps({m: n for m, n in modalities.items() if n > 0}, sort_keys=True)
-            entity["AppliedDeletes"] = json.dumps([*applied, job][-_APPLIED_DELETES_KEPT:])
-            entity["UpdatedAt"] = datetime.now(UTC)
-            conditions = {"etag": current.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
-            try:
-                if entity[next(iter(amounts))] <= 0:
-                    await table.delete_entity(pk, rk, **conditions)
-                    return str(current.get("Modality", "") or "")
-                await table.update_entity(entity, mode=UpdateMode.REPLACE, **conditions)
-                return None
-            except ResourceModifiedError:
-                continue  # another writer got there first: read again
-        raise StorageContention(f"gave up updating {table.table_name} entity {pk}/{rk} after {_CONCURRENCY_RETRIES} conflicts")
-
-
-def _apply_series(entity: dict, update: LevelUpdate) -> None:
-    entity.update(
-        PartitionName=update.partition,
-        StudyInstanceUID=update.study,
-        SeriesInstanceUID=update.series,
-        Modality=update.modality,
-        Attributes=json.dumps(update.series_attributes, separators=(",", ":")),
-        NumberOfSeriesRelatedInstances=entity.get("NumberOfSeriesRelatedInstances", 0) + update.instances_added,
-        UpdatedAt=datetime.now(UTC),
-    )
-
-
-def _apply_study(entity: dict, update: LevelUpdate, series_created: bool) -> None:
-    modalities = json.loads(entity.get("ModalityCounts", "{}"))
-    if series_created and update.modality:
-        modalities[update.modality] = modalities.get(update.modality, 0) + 1
-    entity.update(
-        PartitionName=update.partition,
-        StudyInstanceUID=update.study,
-        Attributes=json.dumps(update.study_attributes, separators=(",", ":")),
-        NumberOfStudyRelatedSeries=entity.get("NumberOfStudyRelatedSeries", 0) + (1 if series_created else 0),
-        NumberOfStudyRelatedInstances=entity.get("NumberOfStudyRelatedInstances", 0) + update.instances_added,
-        ModalityCounts=json.dumps(modalities, sort_keys=True),
-        UpdatedAt=datetime.now(UTC),
-    )
+    async def _seen_in_series(self, partition: str, study: str, series: str, tags: tuple[int, ...]) -> tuple[str, dict]:
+        """(Modality, level attributes) of a series from one of its instances, when no store said them (repairs)."""
+        async for record in self.instances_of_study(partition, study, series, metadata=True):
+            model = record.metadata or record.attributes
+            return str((model.get(_MODALITY) or {}).get("Value", [""])[0] or ""), level_json(model, tags)
+        return "", {}

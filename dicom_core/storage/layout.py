@@ -4,6 +4,7 @@
 
     AHDS/{workspace}/dicom/{service}/{partition}/{study}/{series}/{sop}.dcm
     AHDS/{workspace}/dicom/{service}/healthCheck/...
+    AHDS/{workspace}/dicom/{service}/analytics/{instances,series,studies}/   (Delta tables)
 
 Only validated UIDs and partition names reach these functions; they check again
 because a path that escapes the layout must be impossible, not unlikely.
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from dicom_core.dicom.uids import is_valid_partition, is_valid_uid
 
 HEALTH_FOLDER = "healthCheck"
+ANALYTICS_FOLDER = "analytics"
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ class LakeLayout:
     def health_folder(self) -> str:
         return f"{self.root}{HEALTH_FOLDER}/"
 
+    @property
+    def analytics_folder(self) -> str:
+        return f"{self.root}{ANALYTICS_FOLDER}/"
+
     def partition_folder(self, partition: str) -> str:
         _check_partition(partition)
         return f"{self.root}{partition}/"
@@ -79,7 +85,7 @@ class LakeLayout:
         if not path.startswith(self.root) or not path.endswith(".dcm"):
             return None
         parts = path[len(self.root) : -len(".dcm")].split("/")
-        if len(parts) != 4 or parts[0] == HEALTH_FOLDER:
+        if len(parts) != 4 or parts[0] in (HEALTH_FOLDER, ANALYTICS_FOLDER):
             return None
         partition, study, series, sop = parts
         if not is_valid_partition(partition) or not all(map(is_valid_uid, (study, series, sop))):
@@ -93,5 +99,5 @@ def _check_uid(uid: str) -> None:
 
 
 def _check_partition(partition: str) -> None:
-    if not is_valid_partition(partition) or partition == HEALTH_FOLDER:
+    if not is_valid_partition(partition):
         raise ValueError(f"refusing to build a lake path from the invalid partition name {partition[:80]!r}")

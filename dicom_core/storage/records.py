@@ -94,12 +94,11 @@ LevelRecord = StudyRecord | SeriesRecord | InstanceRecord
 
 @dataclass(frozen=True)
 class LevelUpdate:
-    """The change one store request makes to a series: instances added, attributes seen."""
+    """What one store saw of a series and its study: the attributes their entities keep."""
 
     partition: str
     study: str
     series: str
-    instances_added: int
     modality: str
     study_attributes: dict
     series_attributes: dict
