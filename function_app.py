@@ -8,6 +8,9 @@ Thin by design: it binds triggers to dicom_core.
   buffered and capped at ~100 MB. Function keys guard every route except the
   public health check; App Service Authentication adds Entra ID (docs/security.md).
 - A timer every 30 seconds writes and reads back the health file.
+- A timer every 15 seconds runs the pending long-running operations (docs/operations.md)
+  for at most ``OPERATIONS_BUDGET_SECONDS``, well within the function timeout; leases
+  keep a second instance from running the same operation.
 - A timer every minute applies the change feed to the analytics Delta tables, and
   one every hour compacts and vacuums them (operations/analytics.py).
 - An Event Grid-sourced blob trigger on the lake file system (connection
@@ -23,7 +26,7 @@ import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob
 from azurefunctions.extensions.http.fastapi import Request, Response
 
-from dicom_core.events import check_health, path_from_event_subject, path_in_file_system, reconcile_event
+from dicom_core.events import check_health, path_from_event_subject, path_in_file_system, reconcile_event, run_operations
 from dicom_core.http.auth import Access
 from dicom_core.http.context import provide_services
 from dicom_core.http.errors import Handler
@@ -34,6 +37,8 @@ from dicom_core.settings import Settings
 from dicom_core.storage.layout import LakeLayout
 
 HEALTH_SCHEDULE = "*/30 * * * * *"  # NCRONTAB with seconds: at :00 and :30 of every minute
+OPERATIONS_SCHEDULE = "*/15 * * * * *"
+OPERATIONS_BUDGET_SECONDS = 240  # one run's share of work; the lease carries the rest to the next run
 ANALYTICS_SYNC_SCHEDULE = "0 * * * * *"  # every minute, at :00
 ANALYTICS_MAINTENANCE_SCHEDULE = "0 30 * * * *"  # every hour, at half past
 LAKE_CONNECTION = "DicomLake"
@@ -82,6 +87,10 @@ async def health_check_timer(timer: func.TimerRequest) -> None:
     await check_health(await shared_services())
 
 
+@app.function_name("operations_timer")
+@app.timer_trigger(schedule=OPERATIONS_SCHEDULE, arg_name="timer", run_on_startup=False, use_monitor=False)
+async def operations_timer(timer: func.TimerRequest) -> None:
+    await run_operations(await shared_services(), OPERATIONS_BUDGET_SECONDS)
 @app.function_name("analytics_sync_timer")
 @app.timer_trigger(schedule=ANALYTICS_SYNC_SCHEDULE, arg_name="timer", run_on_startup=False, use_monitor=False)
 async def analytics_sync_timer(timer: func.TimerRequest) -> None:

@@ -46,6 +46,7 @@ def running(data: Path) -> Iterator[Server]:
             # No analytics sync in the background: it would compete with the requests measured
             # for the two cores (bench/analytics.py measures the sync by itself).
             "DICOM_ANALYTICS_INTERVAL_SECONDS": str(ANALYTICS_OFF_SECONDS),
+            "DICOM_OPERATION_POLL_SECONDS": "1",  # the extended scenario's reindex starts within a second
         }
         log = data / "server.log"
         with open(log, "ab") as output:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from bench.corpus import Corpus
 
-MODULES = ("bench.stow", "bench.search", "bench.retrieve")
+MODULES = ("bench.stow", "bench.search", "bench.retrieve", "bench.extended")
 """Modules holding scenarios, in the order they run; ``bench.stow`` must stay first."""
 
 

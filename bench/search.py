@@ -26,7 +26,7 @@ HEADERS = {"Accept": "application/dicom+json"}
 _UNENCODED = "*^-,"
 
 
-def _measure(http: httpx.Client, name: str, url: str, params: dict[str, str]) -> Result:
+def measure(http: httpx.Client, name: str, url: str, params: dict[str, str]) -> Result:
     """Median and p95 of ``SAMPLES`` searches after one unmeasured one; fails on a non-200 or an empty answer."""
     durations, matches = [], 0
     if params:
@@ -55,13 +55,13 @@ def qido(base_url: str, corpus: Corpus) -> list[Result]:
     first, (series, *_) = corpus.studies[0], corpus.studies[0].series
     with client() as http:
         return [
-            _measure(http, "QIDO studies by PatientID", f"{base_url}/studies", {"PatientID": first.patient_id}),
-            _measure(http, "QIDO studies by PatientName=Dupont^Jean*", f"{base_url}/studies", {"PatientName": "Dupont^Jean*"}),
-            _measure(
+            measure(http, "QIDO studies by PatientID", f"{base_url}/studies", {"PatientID": first.patient_id}),
+            measure(http, "QIDO studies by PatientName=Dupont^Jean*", f"{base_url}/studies", {"PatientName": "Dupont^Jean*"}),
+            measure(
                 http, "QIDO studies by StudyDate range", f"{base_url}/studies", {"StudyDate": _date_range(dupont.study_date)}
             ),
-            _measure(http, "QIDO series by Modality=PT", f"{base_url}/series", {"Modality": "PT", "limit": "1000"}),
-            _measure(
+            measure(http, "QIDO series by Modality=PT", f"{base_url}/series", {"Modality": "PT", "limit": "1000"}),
+            measure(
                 http,
                 f"QIDO instances of a series ({len(series.instances)})",
                 f"{base_url}/studies/{first.study_instance_uid}/series/{series.series_instance_uid}/instances",

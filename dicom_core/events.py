@@ -1,5 +1,7 @@
 """Storage events in, reconcile calls out: what the Functions triggers hand to dicom_core.
 
+Timers too: the health check, and the worker that runs long-running operations.
+
 Files users write or delete in the lake with their own tools (AzCopy, Storage
 Explorer, Spark) reach the index through Event Grid: the blob trigger for
 created files, an Event Grid trigger for deleted ones. Both come down to one
@@ -8,16 +10,23 @@ reconcile of the path, which looks at what is there now.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import socket
 import time
 
+from dicom_core.operations import jobs
 from dicom_core.operations.health import HealthStatus, write_health_file
+from dicom_core.operations.job_types import HANDLERS
 from dicom_core.operations.reconcile import ReconcileResult, reconcile_path
 from dicom_core.services import Services
 
 logger = logging.getLogger("dicom_core.events")
 
 _BLOB_SUBJECT = "/blobServices/default/containers/"
+# This process as an operation's lease owner: unique per host and process (a second Functions instance differs).
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
 def path_in_file_system(container_and_path: str, file_system: str) -> str | None:
@@ -64,3 +73,21 @@ async def check_health(services: Services) -> HealthStatus:
     }
     logger.info("health check: %s", status.status, extra={"custom_dimensions": dimensions})
     return status
+
+
+async def run_operations(services: Services, budget_seconds: float | None = None, owner: str = WORKER_ID) -> int:
+    """Run the pending long-running operations this worker can take (docs/operations.md); how many it ran."""
+    ran = await jobs.run_pending(services, owner, HANDLERS, budget_seconds)
+    if ran:
+        logger.info("ran %d operations", ran, extra={"custom_dimensions": {"operation": "operations", "count": ran}})
+    return ran
+
+
+async def run_operations_forever(services: Services) -> None:
+    """Look for pending operations every few seconds until cancelled (the local server's stand-in for the timer)."""
+    while True:
+        try:
+            await run_operations(services)
+        except Exception:  # a failed round must never end the loop: storage may be back at the next
+            logger.exception("running the pending operations failed")
+        await asyncio.sleep(services.settings.jobs.poll_seconds)

@@ -8,10 +8,12 @@ from dicom_core.settings import Settings
 from dicom_core.storage import connections
 from dicom_core.storage.changefeed_store import ChangeFeedStore
 from dicom_core.storage.delete_journal import DeleteJournal
+from dicom_core.storage.extended_tags_store import ExtendedTagStore
 from dicom_core.storage.health_store import HealthStore
 from dicom_core.storage.index import Index
 from dicom_core.storage.lake import Lake
 from dicom_core.storage.layout import LakeLayout
+from dicom_core.storage.operations_store import OperationStore
 from dicom_core.storage.tables import RequestStatistics
 from dicom_core.storage.workitems import WorkitemStore
 
@@ -27,6 +29,8 @@ class Services:
     health: HealthStore
     statistics: RequestStatistics
     workitems: WorkitemStore
+    extended_tags: ExtendedTagStore
+    operations: OperationStore
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
@@ -49,6 +53,8 @@ class Services:
             HealthStore(tables, settings.table_prefix),
             statistics,
             WorkitemStore(tables, settings.table_prefix),
+            ExtendedTagStore(tables, settings.table_prefix),
+            OperationStore(tables, settings.table_prefix),
         )
         try:
             await lake.prepare()
@@ -57,6 +63,8 @@ class Services:
             await services.deletes.prepare()
             await services.health.prepare()
             await services.workitems.prepare()
+            await services.extended_tags.prepare()
+            await services.operations.prepare()
         except BaseException:
             await services.close()
             raise

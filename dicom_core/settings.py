@@ -107,6 +107,27 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+@dataclass(frozen=True)
+class Jobs:
+    """Long-running operations (docs/operations.md#long-running-operations)."""
+
+    # How long a worker holds an operation without a checkpoint before another may take it over.
+    lease_seconds: int = 120
+    # Instances one reindex step reads and writes before it checkpoints.
+    batch_size: int = 100
+    # How often the local server's worker looks for pending operations.
+    poll_seconds: int = 2
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str]) -> Jobs:
+        defaults = cls()
+        return cls(
+            lease_seconds=_int(env, "DICOM_OPERATION_LEASE_SECONDS", defaults.lease_seconds),
+            batch_size=_int(env, "DICOM_OPERATION_BATCH_SIZE", defaults.batch_size),
+            poll_seconds=_int(env, "DICOM_OPERATION_POLL_SECONDS", defaults.poll_seconds),
+        )
+
+
 AUTH_MODES = ("none", "appservice", "signed")
 
 
@@ -159,6 +180,7 @@ class Settings:
     table_prefix: str = "dicom"
     limits: Limits = field(default_factory=Limits)
     security: Security = field(default_factory=Security)
+    jobs: Jobs = field(default_factory=Jobs)
     # Browser origins allowed to call the API (CORS), e.g. a viewer's; "*" allows any.
     cors_origins: tuple[str, ...] = ()
     # The analytics Delta tables: how often the local server syncs them from the change feed
@@ -180,6 +202,7 @@ class Settings:
             table_prefix=env.get("DICOM_TABLE_PREFIX") or "dicom",
             limits=Limits.from_environment(env),
             security=Security.from_environment(env),
+            jobs=Jobs.from_environment(env),
             cors_origins=tuple(
                 origin.strip().rstrip("/") for origin in (env.get("DICOM_CORS_ORIGINS") or "").split(",") if origin.strip()
             ),

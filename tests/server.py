@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -84,3 +85,24 @@ def current_rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS in /proc status")
+
+
+def docs_example(doc: str, marker: str) -> str:
+    """The Python block after ``<!-- {marker} -->`` in ``docs/{doc}``: examples the tests run as written."""
+    text = (REPOSITORY_ROOT / "docs" / doc).read_text()
+    match = re.search(rf"<!-- {marker} -->\s*```python\n(.*?)```", text, re.DOTALL)
+    assert match, f"docs/{doc} has no {marker}"
+    return match.group(1)
+
+
+def run_script(script: Path, url: str) -> subprocess.CompletedProcess:
+    """Run a docs example with the repository's Python against the server at ``url``; fail with its output."""
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        env={"DICOMWEB_URL": url, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result

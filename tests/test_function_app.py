@@ -51,6 +51,13 @@ def test_health_timer_fires_every_30_seconds():
     assert trigger["runOnStartup"] is False
 
 
+def test_operations_timer_fires_every_15_seconds():
+    (trigger,) = bindings("operations_timer")
+    assert trigger["type"] == "timerTrigger"
+    assert trigger["schedule"] == "*/15 * * * * *"
+    assert trigger["runOnStartup"] is False
+
+
 def test_lake_triggers_watch_the_contract_folders_through_event_grid():
     (created,) = bindings("lake_blob_created")
     assert created["type"] == "blobTrigger"
@@ -156,6 +163,17 @@ async def test_health_timer_writes_the_health_file(shared_from_environment, serv
     await FUNCTIONS["health_check_timer"].get_user_function()(None)
     files = [file.path async for file in services.lake.list(services.layout.health_folder)]
     assert files, "the timer wrote no health file"
+
+
+async def test_operations_timer_runs_a_reindex_to_completion(shared_from_environment, client, services):
+    data = new_instance(ProtocolName="Timer")
+    body, boundary = multipart([data])
+    assert (await client.post("/v2/studies", content=body, headers=stow_headers(boundary))).status_code == 200
+    added = await client.post("/v2/extendedquerytags", json=[{"path": "ProtocolName", "level": "Series"}])
+    await FUNCTIONS["operations_timer"].get_user_function()(None)
+    operation = (await client.get(f"/v2/operations/{added.json()['id']}")).json()
+    assert (operation["status"], operation["percentComplete"]) == ("completed", 100)
+    assert len((await client.get("/v2/series", params={"ProtocolName": "Timer"})).json()) == 1
 
 
 def test_event_paths_outside_the_file_system_are_ignored():

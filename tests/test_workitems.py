@@ -6,11 +6,7 @@ import asyncio
 import contextlib
 import json
 import random
-import re
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,10 +20,9 @@ from dicom_core.dicom.workitem import (
     parse_dataset,
 )
 from dicom_core.storage.workitems import index_values
-from tests.server import running_server
+from tests.server import docs_example, run_script, running_server
 
 JSON = {"Content-Type": "application/dicom+json", "Accept": "application/dicom+json"}
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "workitems.md"
 
 
 def new_uid() -> str:
@@ -591,23 +586,9 @@ async def test_search_parameters_never_fail_the_service(client, names, values):
 # -- the worker example of docs/workitems.md -----------------------------------------------------------------------------
 
 
-def example_code() -> str:
-    text = DOCS.read_text()
-    match = re.search(r"<!-- worker-example -->\s*```python\n(.*?)```", text, re.DOTALL)
-    assert match, "docs/workitems.md has no worker example"
-    return match.group(1)
-
-
 def test_the_worker_example_of_the_docs_runs_against_the_server(settings, tmp_path):
     script = tmp_path / "worker.py"
-    script.write_text(example_code())
+    script.write_text(docs_example("workitems.md", "worker-example"))
     with running_server(settings, tmp_path / "server.log") as (url, _):
-        result = subprocess.run(
-            [sys.executable, str(script)],
-            env={"DICOMWEB_URL": url, "PATH": "/usr/bin:/bin"},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    assert result.returncode == 0, result.stdout + result.stderr
+        result = run_script(script, url)
     assert "completed 3 workitems" in result.stdout, result.stdout

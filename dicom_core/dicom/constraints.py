@@ -110,4 +110,27 @@ class IntegerMatch:
         return False
 
 
-Constraint = UidList | TextMatch | NameMatch | TemporalMatch | IntegerMatch
+@dataclass(frozen=True)
+class NumberMatch:
+    """Single value or range matching of numbers (DS, FD, FL, SL, SS, UL, US): ``low`` to ``high``, inclusive.
+
+    PS3.4 C.2.2.2.5 defines ranges for dates and times only; the service extends them to
+    the numeric VRs of extended query tags, as a range of their values.
+    """
+
+    key: MatchingKey
+    low: float | None
+    high: float | None
+
+    def matches(self, element: dict | None) -> bool:
+        for value in element_values(element):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                continue
+            if (self.low is None or number >= self.low) and (self.high is None or number <= self.high):
+                return True
+        return False
+
+
+Constraint = UidList | TextMatch | NameMatch | TemporalMatch | IntegerMatch | NumberMatch

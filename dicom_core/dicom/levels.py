@@ -76,17 +76,26 @@ class Level(IntEnum):
 
 @dataclass(frozen=True)
 class MatchingKey:
-    """A supported matching key. ``broad`` keys have few distinct values: poor drivers of a search."""
+    """A supported matching key. ``broad`` keys have few distinct values: poor drivers of a search.
+
+    ``extended`` keys are the client's extended query tags (dicom/extended_tags.py), not in ``KEYS``.
+    """
 
     keyword: str
     tag: int
     vr: str
     level: Level
     broad: bool = False
+    extended: bool = False
 
     @property
     def hex(self) -> str:
         return f"{self.tag:08X}"
+
+    @property
+    def attribute(self) -> str:
+        """The key's name in the lookup table: an extended tag's cannot collide with a standard keyword."""
+        return f"x.{self.hex}" if self.extended else self.keyword
 
 
 MODALITIES_IN_STUDY = 0x00080061

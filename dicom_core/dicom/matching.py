@@ -8,12 +8,14 @@ Everything here works on normalized text, the same text the lookup table keys on
   word by word (the words of all components);
 - other text: leading and trailing spaces are not significant, case is (PS3.4 C.2.2.2.1);
 - dates, times and date-times: fixed-width text whose order is the order of time, so a
-  range of values is a range of text.
+  range of values is a range of text;
+- numbers: fixed-width text in numeric order (``integer_key``, ``float_key``).
 """
 
 from __future__ import annotations
 
 import re
+import struct
 import unicodedata
 from dataclasses import dataclass
 from datetime import date
@@ -172,3 +174,14 @@ def parse_integer(text: str) -> int:
     if not re.fullmatch(r"[+-]?\d{1,12}", stripped) or abs(int(stripped)) >= _INTEGER_OFFSET:
         raise ValueError(f"{text!r} is not an integer (IS, at most 12 characters)")
     return int(stripped)
+
+
+def float_key(number: float) -> str:
+    """A decimal or floating-point value (DS, FD, FL) as fixed-width text in numeric order.
+
+    The IEEE 754 double's bits, read as an unsigned integer, sort like the numbers once the
+    sign bit is set for non-negative values and every bit is flipped for negative ones.
+    """
+    (bits,) = struct.unpack(">Q", struct.pack(">d", float(number) + 0.0))  # + 0.0: -0.0 is 0.0
+    bits = bits ^ 0xFFFFFFFFFFFFFFFF if bits >> 63 else bits | 1 << 63
+    return f"{bits:016X}"

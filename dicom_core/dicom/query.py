@@ -1,7 +1,8 @@
 """QIDO-RS query parameters (PS3.18 8.3.4, 10.6.1) parsed into a search.
 
 ``parse_query`` turns the query string of a search into a ``SearchQuery``: the matching
-keys (by keyword or tag, from the one table in dicom/levels.py) with their matching rule
+keys (by keyword or tag, from the one table in dicom/levels.py, and the extended query
+tags the caller passes in, dicom/extended_tags.py) with their matching rule
 (dicom/constraints.py, PS3.4 C.2.2.2), the attributes to return, and the page.
 
 Pure functions: no storage, no HTTP. Malformed input raises ``InvalidQuery`` with a
@@ -11,12 +12,21 @@ message written for the client.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
-from dicom_core.dicom.constraints import Constraint, IntegerMatch, NameMatch, TemporalMatch, TextMatch, UidList
+from dicom_core.dicom.constraints import (
+    Constraint,
+    IntegerMatch,
+    NameMatch,
+    NumberMatch,
+    TemporalMatch,
+    TextMatch,
+    UidList,
+)
+from dicom_core.dicom.extended_tags import FLOAT_VRS, INTEGER_VRS, parse_number
 from dicom_core.dicom.levels import KEYS, KEYS_BY_NAME, LEVEL_TAGS, Level, MatchingKey
 from dicom_core.dicom.matching import has_wildcard, name_words, normalize_name, parse_integer, temporal_interval
 from dicom_core.dicom.uids import uid_problem
@@ -73,10 +83,16 @@ class SearchQuery:
     study: str | None = None  # from the URL
     series: str | None = None
     by_level: dict[Level, tuple[Constraint, ...]] = field(default_factory=dict, compare=False)
+    # The extended query tags each level's entity keeps, beyond LEVEL_TAGS.
+    extended_tags: Mapping[Level, frozenset[int]] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         for level in Level:
             self.by_level[level] = tuple(c for c in self.constraints if c.key.level == level)
+
+    def level_tags(self, level: Level) -> frozenset[int]:
+        """The tags ``level``'s entity keeps: its own and its extended query tags."""
+        return LEVEL_TAGS[level] | self.extended_tags.get(level, frozenset())
 
     def wanted(self, level: Level) -> frozenset[int] | None:
         """The tags a match returns from ``level``'s entity; None means all it keeps (includefield=all)."""
@@ -85,9 +101,9 @@ class SearchQuery:
             return None if shown else frozenset()
         defaults = DEFAULT_RETURN[level] if shown else frozenset()
         if level == Level.INSTANCE:  # the instance keeps the whole data set: anything no other level keeps
-            others = LEVEL_TAGS[Level.STUDY] | LEVEL_TAGS[Level.SERIES]
-            return defaults | (self.returned - others) | (self.returned & LEVEL_TAGS[level])
-        return defaults | (self.returned & LEVEL_TAGS[level])
+            others = self.level_tags(Level.STUDY) | self.level_tags(Level.SERIES)
+            return defaults | (self.returned - others) | (self.returned & self.level_tags(level))
+        return defaults | (self.returned & self.level_tags(level))
 
     @property
     def _first_returned_level(self) -> Level:
@@ -115,11 +131,12 @@ def _describe(tag: int) -> str:
     return f"{keyword} ({tag:08X})" if keyword else f"{tag:08X}"
 
 
-def _matching_key(name: str, level: Level) -> MatchingKey:
+def _matching_key(name: str, level: Level, keys: Mapping[str, MatchingKey]) -> MatchingKey:
     tag = _resolve_tag(name, "query parameter")
-    key = KEYS_BY_NAME.get(f"{tag:08X}")
+    key = keys.get(f"{tag:08X}")
     if key is None:
         supported = ", ".join(k.keyword for k in KEYS if k.level <= level)
+        supported += "".join(f", {k.keyword}" for hex_, k in keys.items() if k.extended and hex_ == k.hex and k.level <= level)
         raise InvalidQuery(f"{_describe(tag)} is not a supported matching key for {level.label} searches; supported: {supported}")
     if key.level > level:
         raise InvalidQuery(
@@ -158,6 +175,8 @@ def constraint_for(key: MatchingKey, value: str, fuzzy: bool) -> Constraint | No
             return IntegerMatch(key, parse_integer(value))
         except ValueError as error:
             raise InvalidQuery(f"{where}: {error}; wildcards are not supported for integers") from None
+    if key.vr in FLOAT_VRS | INTEGER_VRS:
+        return _number_match(key, value.strip(), where)
     if key.vr == "PN":
         pattern = normalize_name(value).rstrip("^")
         if fuzzy and not name_words(pattern):
@@ -167,6 +186,25 @@ def constraint_for(key: MatchingKey, value: str, fuzzy: bool) -> Constraint | No
     if any(not pattern for pattern in patterns):
         raise InvalidQuery(f"{where}: a list has an empty item")
     return TextMatch(key, tuple(dict.fromkeys(patterns)))
+
+
+def _number_match(key: MatchingKey, text: str, where: str) -> NumberMatch:
+    """One number or a range ``a-b``, ``a-``, ``-b``; a text that is a number is that number (``-5`` is minus five)."""
+    try:
+        number = parse_number(text)
+        return NumberMatch(key, number, number)
+    except ValueError:
+        pass
+    ends = re.fullmatch(r"([^-]\S*?|-[^-]\S*?)?-([^-]\S*|-[^-]\S*)?", text)
+    try:
+        if ends is None or not any(ends.groups()):
+            raise ValueError("give a number or a range a-b, a- or -b")
+        low, high = (parse_number(end) if end else None for end in ends.groups())
+    except ValueError as error:
+        raise InvalidQuery(f"{where}: {error}; wildcards are not supported for numbers") from None
+    if low is not None and high is not None and low > high:
+        raise InvalidQuery(f"{where}: the range starts after it ends")
+    return NumberMatch(key, low, high)
 
 
 def _number(name: str, text: str, maximum: int | None = None) -> int:
@@ -184,8 +222,12 @@ def parse_query(
     study: str | None = None,
     series: str | None = None,
     max_limit: int = MAX_LIMIT,
+    keys: Mapping[str, MatchingKey] = KEYS_BY_NAME,
 ) -> SearchQuery:
-    """The search that a QIDO-RS query string asks for (PS3.18 8.3.4); ``study``/``series`` come from the URL."""
+    """The search that a QIDO-RS query string asks for (PS3.18 8.3.4); ``study``/``series`` come from the URL.
+
+    ``keys`` are the matching keys by keyword and by tag: ``KEYS_BY_NAME`` and the searchable extended query tags.
+    """
     seen: set[str] = set()
     fuzzy_text = "false"
     includes: list[str] = []
@@ -201,7 +243,7 @@ def parse_query(
                 raise InvalidQuery(f"query parameter {name!r} is given more than once")
             controls[lowered] = value
             continue
-        key = _matching_key(name, level)
+        key = _matching_key(name, level, keys)
         if key.keyword in seen:
             raise InvalidQuery(f"matching key {key.keyword} is given more than once")
         seen.add(key.keyword)
@@ -231,7 +273,7 @@ def parse_query(
     for item in includes:
         if item.lower() != "all":
             tag = _resolve_tag(item, "includefield")
-            if not keyword_for_tag(tag):
+            if not keyword_for_tag(tag) and f"{tag:08X}" not in keys:
                 raise InvalidQuery(f"includefield {item[:80]!r} names no attribute of the DICOM dictionary")
             returned.add(tag)
     return SearchQuery(
@@ -244,4 +286,5 @@ def parse_query(
         limit_capped=limit > max_limit,
         study=study,
         series=series,
+        extended_tags={at: frozenset(key.tag for key in keys.values() if key.extended and key.level == at) for at in Level},
     )

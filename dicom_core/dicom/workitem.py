@@ -364,7 +364,7 @@ def with_progress(dataset: dict, information: dict) -> dict:
 class WorkitemKey:
     """A UPS matching key: a top-level attribute or one inside a sequence (``path`` of tags).
 
-    It has the fields of ``query.MatchingKey`` that matching and lookup plans read (keyword, vr, hex, broad).
+    It has the fields of ``query.MatchingKey`` that matching and lookup plans read (keyword, attribute, vr, hex, broad).
     """
 
     keyword: str
@@ -375,6 +375,11 @@ class WorkitemKey:
     @property
     def hex(self) -> str:
         return ".".join(self.path)
+
+    @property
+    def attribute(self) -> str:
+        """The key's name in the lookup table."""
+        return self.keyword
 
 
 _CODE_VALUE = "00080100"
@@ -423,4 +428,3 @@ def _plausible(vr: str, value: object) -> bool:
     if vr == "PN" and isinstance(value, dict):
         return all(isinstance(group, str) for group in value.values())
     return isinstance(value, str)
-

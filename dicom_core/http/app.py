@@ -1,4 +1,4 @@
-"""The local ASGI application: the route table served by Starlette."""
+"""The local ASGI application: the route table served by Starlette, the health check and the operations worker."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from dicom_core.events import run_operations_forever
 from dicom_core.http.context import provide_services
 from dicom_core.http.errors import error_response
 from dicom_core.http.routes import route_table
@@ -58,6 +59,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         timers = [
             asyncio.create_task(run_health_checks(holder["services"])),
             asyncio.create_task(run_analytics_sync(holder["services"])),
+            asyncio.create_task(run_operations_forever(holder["services"])),
         ]
         try:
             yield

@@ -14,7 +14,7 @@ from typing import Any
 from starlette.requests import Request
 
 from dicom_core.dicom.uids import partition_problem, uid_problem
-from dicom_core.errors import BadRequest
+from dicom_core.errors import BadRequest, PayloadTooLarge
 from dicom_core.services import Services
 from dicom_core.settings import DEFAULT_PARTITION
 from dicom_core.storage.layout import Scope
@@ -79,3 +79,14 @@ def base_url(request: Request) -> str:
     if "partition" in request.path_params:
         prefix += f"/partitions/{partition_of(request)}"
     return prefix
+
+
+async def body_at_most(request: Request, limit: int, too_large: str) -> bytes:
+    """The whole request body, read as it streams in; 413 with ``too_large`` once it passes ``limit`` bytes."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(too_large)
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -6,7 +6,7 @@ register exactly these routes. Each feature module contributes its own list.
 
 from __future__ import annotations
 
-from dicom_core.http import changefeed, delete, health, retrieve, search, store, workitems
+from dicom_core.http import changefeed, delete, extended_tags, health, retrieve, search, store, workitems
 from dicom_core.http.routing import ExpandedRoute, Route
 
 FEATURE_ROUTES: list[Route] = [
@@ -17,6 +17,7 @@ FEATURE_ROUTES: list[Route] = [
     *changefeed.ROUTES,
     *health.ROUTES,
     *workitems.ROUTES,
+    *extended_tags.ROUTES,
 ]
 
 

@@ -37,11 +37,14 @@ def _searching(level: Level) -> Handler:
         # 200 with [] when nothing matches (PS3.18 10.6.3.2); dicomweb-client and OHIF accept it.
         # dicomweb-client reads the body only when the type is exactly application/dicom+json
         # (docs/architecture.md, "Facts the code relies on").
+        headers = {"Warning": result.warning} if result.warning else {}
+        if result.erroneous:  # as Azure: the extended query tags of the query that some instance's value did not fit
+            headers["erroneous-dicom-attributes"] = ",".join(result.erroneous)
         return Response(
             json.dumps(result.matches, separators=(",", ":"), ensure_ascii=False).encode(),
             status_code=200,
             media_type=response_type,
-            headers={"Warning": result.warning} if result.warning else None,
+            headers=headers,
         )
 
     return handle

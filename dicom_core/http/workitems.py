@@ -11,7 +11,7 @@ from starlette.responses import Response
 from dicom_core.dicom.uids import uid_problem
 from dicom_core.dicom.workitem import MAX_WORKITEM_BYTES
 from dicom_core.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from dicom_core.http.context import base_url, partition_of, services_for, uid_param
+from dicom_core.http.context import base_url, body_at_most, partition_of, services_for, uid_param
 from dicom_core.http.media_types import MediaType
 from dicom_core.http.negotiation import choose
 from dicom_core.http.routing import Route
@@ -37,13 +37,8 @@ async def _body(request: Request) -> bytes:
     media_type = MediaType.parse(content_type).type if content_type else None
     if media_type is not None and media_type not in _BODY_TYPES:
         raise UnsupportedMediaType(f"Content-Type {media_type[:80]} is not supported; send application/dicom+json")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_WORKITEM_BYTES:
-            raise PayloadTooLarge(f"the body is larger than a workitem may be ({MAX_WORKITEM_BYTES} bytes)")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    too_large = f"the body is larger than a workitem may be ({MAX_WORKITEM_BYTES} bytes)"
+    body = await body_at_most(request, MAX_WORKITEM_BYTES, too_large)
     if body.strip() and media_type is None:
         raise UnsupportedMediaType("the request has a body but no Content-Type; send application/dicom+json")
     return body

@@ -2,17 +2,22 @@
 
 Store describes the part it received before writing it; reconcile describes a file
 it found in the lake. Both turn the description into the instance entity's record
-and the change to its series and study (``index_entries``).
+and the change to its series and study (``index_entries``). The level JSON holds,
+beyond the level's own attributes, the values of the extended query tags being
+indexed (Adding or Ready), each under its declared VR; values that do not fit it are
+the tag's errors (``tag_errors``), as Azure records them.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from dicom_core.dicom.extended_tags import TagDeclaration, tag_value
 from dicom_core.dicom.json_model import instance_json
-from dicom_core.dicom.levels import INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS, level_json
+from dicom_core.dicom.levels import INSTANCE_TAGS, SERIES_TAGS, STUDY_TAGS, Level, level_json
 from dicom_core.dicom.parse import ParsedInstance, parse_instance, pydicom_lock
 from dicom_core.dicom.structure import StructureLimits
 from dicom_core.settings import Limits
@@ -29,24 +34,42 @@ class DescribedInstance:
     study_attributes: dict
     series_attributes: dict
     instance_attributes: dict
+    tag_errors: list[tuple[str, str]] = field(default_factory=list)  # (tag, why its value does not fit its VR)
 
 
 def structure_limits(limits: Limits) -> StructureLimits:
     return StructureLimits(limits.max_elements, limits.max_inflated_bytes)
 
 
-def describe_instance(file: BinaryIO, size: int, limits: StructureLimits) -> DescribedInstance:
+def describe_instance(
+    file: BinaryIO, size: int, limits: StructureLimits, tags: Sequence[TagDeclaration] = ()
+) -> DescribedInstance:
     """Parse and validate a Part 10 file and build its DICOM JSON (blocking; raises InvalidInstance)."""
     with pydicom_lock:
         parsed = parse_instance(file, size, limits)
         metadata = instance_json(parsed.dataset, parsed.pixel_data_vr)
+    values, errors = extended_values(metadata, tags)
     return DescribedInstance(
         parsed=parsed,
         metadata=metadata,
-        study_attributes=level_json(metadata, STUDY_TAGS),
-        series_attributes=level_json(metadata, SERIES_TAGS),
-        instance_attributes=level_json(metadata, INSTANCE_TAGS),
+        study_attributes=level_json(metadata, STUDY_TAGS) | values[Level.STUDY],
+        series_attributes=level_json(metadata, SERIES_TAGS) | values[Level.SERIES],
+        instance_attributes=level_json(metadata, INSTANCE_TAGS) | values[Level.INSTANCE],
+        tag_errors=errors,
     )
+
+
+def extended_values(metadata: dict, tags: Sequence[TagDeclaration]) -> tuple[dict[Level, dict], list[tuple[str, str]]]:
+    """The elements of ``tags`` in an instance's DICOM JSON, by level, and the (tag, problem) of values that do not fit."""
+    values: dict[Level, dict] = {level: {} for level in Level}
+    errors: list[tuple[str, str]] = []
+    for declared in tags:
+        found = tag_value(declared, metadata)
+        if found.problem is not None:
+            errors.append((declared.path, found.problem))
+        elif found.element is not None:
+            values[declared.level][declared.path] = found.element
+    return values, errors
 
 
 def index_entries(

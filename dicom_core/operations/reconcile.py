@@ -23,15 +23,17 @@ import asyncio
 import contextlib
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from azure.core.exceptions import ResourceModifiedError
 
 from dicom_core.dicom.errors import InvalidInstance
+from dicom_core.dicom.extended_tags import TagDeclaration
 from dicom_core.dicom.levels import Level
 from dicom_core.errors import NotFound
 from dicom_core.operations.delete import delete, finish_all_interrupted, finish_interrupted
+from dicom_core.operations.extended_tags import indexed_declarations, record_tag_errors
 from dicom_core.operations.indexing import DescribedInstance, describe_instance, index_entries, structure_limits
 from dicom_core.services import Services
 from dicom_core.storage.changefeed_store import Change
@@ -91,7 +93,7 @@ async def _converge(services: Services, key: InstanceKey, path: str, file: LakeF
     if existing is not None and existing.etag == file.etag:
         await services.changefeed.append([Change(key, path, file.etag)])
         return ReconcileResult(path, UNCHANGED, size=file.size)
-    problem, described = await describe_file(services, path, file)
+    problem, described = await describe_file(services, path, file, await indexed_declarations(services))
     if described is not None:
         parsed = described.parsed
         found = (parsed.study_uid, parsed.series_uid, parsed.sop_uid)
@@ -107,17 +109,21 @@ async def _converge(services: Services, key: InstanceKey, path: str, file: LakeF
     record, update = index_entries(described, key, path, file.size, file.etag)
     await services.index.put_instance(record)
     await services.index.record_stored(update)
+    await record_tag_errors(services, key, described.tag_errors)
     await services.changefeed.append([Change(key, path, file.etag)])
     return ReconcileResult(path, ADDED if existing is None else REFRESHED, size=file.size)
 
 
-async def describe_file(services: Services, path: str, file: LakeFile) -> tuple[str | None, DescribedInstance | None]:
-    """(problem, None) for a file that is not a storable instance, else (None, its description)."""
+async def describe_file(
+    services: Services, path: str, file: LakeFile, tags: Sequence[TagDeclaration] = ()
+) -> tuple[str | None, DescribedInstance | None]:
+    """(problem, None) for a file that is not a storable instance, else (None, its description with ``tags``)."""
+    limits = structure_limits(services.settings.limits)
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY) as spool:
         async for chunk in services.lake.stream(path, etag=file.etag):
             spool.write(chunk)
         try:
-            return None, await asyncio.to_thread(describe_instance, spool, file.size, structure_limits(services.settings.limits))
+            return None, await asyncio.to_thread(describe_instance, spool, file.size, limits, tags)
         except InvalidInstance as invalid:
             return f"not a storable DICOM instance: {invalid}", None
 

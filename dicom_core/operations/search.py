@@ -26,11 +26,11 @@ import json
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 
+from pydicom.datadict import tag_for_keyword
+
 from dicom_core.dicom.constraints import Constraint, UidList
 from dicom_core.dicom.levels import (
     INSTANCE_AVAILABILITY,
-    INSTANCE_TAGS,
-    LEVEL_TAGS,
     MODALITIES_IN_STUDY,
     NUMBER_OF_SERIES_RELATED_INSTANCES,
     NUMBER_OF_STUDY_RELATED_INSTANCES,
@@ -41,6 +41,7 @@ from dicom_core.dicom.levels import (
 )
 from dicom_core.dicom.query import InvalidQuery, SearchQuery, parse_query
 from dicom_core.errors import BadRequest
+from dicom_core.operations.extended_tags import searchable_tags
 from dicom_core.operations.paging import page_of
 from dicom_core.services import Services
 from dicom_core.storage.index import Index
@@ -68,6 +69,8 @@ class SearchRequest:
 class SearchResult:
     matches: list[dict]
     warning: str | None = None  # the Warning header (PS3.18 8.3.4.4) when results were cut
+    # Extended query tags of the query that some instance's value did not fit (Azure: erroneous-dicom-attributes).
+    erroneous: tuple[str, ...] = ()
 
 
 @dataclass
@@ -107,14 +110,47 @@ def _path(record: LevelRecord) -> Path:
 
 async def search(services: Services, request: SearchRequest) -> SearchResult:
     """Answer one QIDO-RS request; see the module docstring."""
-    try:
-        maximum = services.settings.limits.max_search_results
-        query = parse_query(request.parameters, request.level, request.study, request.series, maximum)
-    except InvalidQuery as error:
-        raise BadRequest(str(error)) from None
+    query, erroneous = await _parse(services, request)
     searcher = _Search(services.index, request.partition, query)
     page = await page_of(searcher.rows(), query.offset, query.limit, query.limit_capped)
-    return SearchResult([searcher.render(row, request.base_url) for row in page.items], page.warning)
+    return SearchResult([searcher.render(row, request.base_url) for row in page.items], page.warning, erroneous)
+
+
+async def _parse(services: Services, request: SearchRequest) -> tuple[SearchQuery, tuple[str, ...]]:
+    """The query, and the extended query tags it names that have errors.
+
+    The tag registry is read only when the standard keys do not answer the query: a key
+    or an includefield they do not know (so searches on standard keys cost what they did).
+    """
+    maximum = services.settings.limits.max_search_results
+    arguments = (request.parameters, request.level, request.study, request.series, maximum)
+    try:
+        query = parse_query(*arguments)
+        if not _unkept(query):
+            return query, ()
+    except InvalidQuery:
+        pass
+    tags = await searchable_tags(services)
+    try:
+        query = parse_query(*arguments, keys=tags.keys)
+    except InvalidQuery as error:
+        unavailable = [reason for name, _ in request.parameters for reason in [tags.unavailable.get(_tag_name(name))] if reason]
+        raise BadRequest(unavailable[0] if unavailable else str(error)) from None
+    named = {f"{tag:08X}" for tag in query.returned} | {constraint.key.hex for constraint in query.constraints}
+    return query, tuple(sorted(named & tags.with_errors))
+
+
+def _unkept(query: SearchQuery) -> frozenset[int]:
+    """The attributes the query returns that no level entity keeps: they come from an instance's whole data set."""
+    kept = query.level_tags(Level.STUDY) | query.level_tags(Level.SERIES) | query.level_tags(Level.INSTANCE)
+    return query.returned - kept - _SYNTHESIZED
+
+
+def _tag_name(name: str) -> str:
+    """A query parameter's tag as 8 hex digits, when it names one by tag or keyword."""
+    tag = tag_for_keyword(name)
+    return f"{tag:08X}" if tag is not None else name.upper()
+
 
 
 def _own_uid(constraint: Constraint, level: Level) -> bool:
@@ -141,9 +177,7 @@ class _Search:
         self.known = {level: _known_uids(query, level) for level in Level}
         # The levels whose entity must be read: it is returned from, or matched beyond its UID.
         self.needed = {level: level <= query.level and self._returns_or_matches(level) for level in Level}
-        extra = query.returned - LEVEL_TAGS[Level.STUDY] - LEVEL_TAGS[Level.SERIES] - set(INSTANCE_TAGS) - _SYNTHESIZED
-        # Attributes no level entity keeps come from the instance's whole data set.
-        self.with_metadata = query.include_all or bool(extra)
+        self.with_metadata = query.include_all or bool(_unkept(query))
         self._cache: dict[tuple[Level, Path], asyncio.Future[dict | None]] = {}
 
     def _returns_or_matches(self, level: Level) -> bool:

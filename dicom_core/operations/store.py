@@ -31,6 +31,7 @@ from typing import BinaryIO
 from azure.core.exceptions import AzureError
 
 from dicom_core.dicom.errors import InvalidInstance, UnreadableInstance
+from dicom_core.dicom.extended_tags import TagDeclaration
 from dicom_core.dicom.failure_reasons import (
     CANNOT_UNDERSTAND,
     INSTANCE_EXISTS,
@@ -41,6 +42,7 @@ from dicom_core.dicom.failure_reasons import (
 from dicom_core.dicom.parse import PREAMBLE_LENGTH
 from dicom_core.dicom.structure import StructureLimits
 from dicom_core.errors import StorageUnavailable
+from dicom_core.operations.extended_tags import indexed_declarations, record_tag_errors
 from dicom_core.operations.indexing import DescribedInstance, describe_instance, index_entries, structure_limits
 from dicom_core.services import Services
 from dicom_core.storage.changefeed_store import Change
@@ -143,6 +145,7 @@ def _failed_item(outcome: InstanceOutcome) -> dict:
 async def store_instances(services: Services, request: StoreRequest, parts: AsyncIterator[ReceivedPart]) -> StoreResult:
     """Store every part of a STOW-RS request; see the module docstring."""
     slots = asyncio.Semaphore(services.settings.limits.store_concurrency)
+    tags = await indexed_declarations(services)  # read once per request: the extended query tags to index
     entities = _InstanceEntityBatches(services)
     deletes = _DeleteWatch(services)
     tasks: list[asyncio.Task] = []
@@ -150,7 +153,7 @@ async def store_instances(services: Services, request: StoreRequest, parts: Asyn
 
     async def run(part: ReceivedPart) -> InstanceOutcome:
         try:
-            outcome, pending = await _store_file(services, request, part, deletes)
+            outcome, pending = await _store_file(services, request, part, deletes, tags)
         finally:
             part.file.close()
             slots.release()
@@ -359,7 +362,7 @@ async def _announce(services: Services, indexed: list[_PendingEntity]) -> None:
 
 
 async def _store_file(
-    services: Services, request: StoreRequest, part: ReceivedPart, deletes: _DeleteWatch
+    services: Services, request: StoreRequest, part: ReceivedPart, deletes: _DeleteWatch, tags: list[TagDeclaration]
 ) -> tuple[InstanceOutcome, _PendingEntity | None]:
     """Validate one part and write its file; the index entity is written by the caller, in batches."""
     if part.refusal is not None:
@@ -371,7 +374,7 @@ async def _store_file(
             message=f"part has media type {part.media_type or '(none)'}; expected application/dicom",
         ), None
     try:
-        prepared = await asyncio.to_thread(_prepare, part, structure_limits(services.settings.limits))
+        prepared = await asyncio.to_thread(_prepare, part, structure_limits(services.settings.limits), tags)
     except InvalidInstance as invalid:
         reason = CANNOT_UNDERSTAND if isinstance(invalid, UnreadableInstance) else VALIDATION_FAILED
         return InstanceOutcome(failure_reason=reason, message=str(invalid)), None
@@ -402,6 +405,10 @@ async def _store_file(
     outcome.replaced = replaced
     outcome.retrieve_url = f"{request.base_url}/studies/{key.study}/series/{key.series}/instances/{key.sop}"
     record, update = index_entries(prepared, key, path, part.size, written.etag)
+    try:
+        await record_tag_errors(services, key, prepared.tag_errors)
+    except STORAGE_FAILURES as error:  # the instance is stored all the same; its tag errors go unlisted
+        logger.warning("extended query tag errors could not be recorded: %s", type(error).__name__)
     return outcome, _PendingEntity(record, update, replaced)
 
 
@@ -433,9 +440,9 @@ async def _write_file(
     return await services.lake.write(path, part.file, part.size, overwrite=True), record is not None
 
 
-def _prepare(part: ReceivedPart, limits: StructureLimits) -> DescribedInstance:
+def _prepare(part: ReceivedPart, limits: StructureLimits, tags: list[TagDeclaration]) -> DescribedInstance:
     """Parse and validate the part, build what the index keeps, and zero the preamble (blocking)."""
-    prepared = describe_instance(part.file, part.size, limits)
+    prepared = describe_instance(part.file, part.size, limits, tags)
     # The preamble can carry an executable (DICOM/PE polyglots, CVE-2019-11687): never store it.
     part.file.seek(0)
     part.file.write(bytes(PREAMBLE_LENGTH))

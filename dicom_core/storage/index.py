@@ -250,6 +250,80 @@ class Index:
         decode = _DECODERS[level]
         async for entity in self._tables[level].list_entities(results_per_page=_PAGE):
             yield decode(entity)
+    async def instances_after(self, after: InstanceKey | None, limit: int) -> list[InstanceRecord]:
+        """Up to ``limit`` instances (with their metadata) following ``after`` in key order: a reindex's next batch.
+
+        Key order is partition, study, then series and instance, so a walk that resumes after its
+        last key misses nothing stored before it started and visits nothing twice. Two range
+        queries, the rest of ``after``'s study then the studies after it: Table Storage runs a
+        filter with ``or`` as a scan.
+        """
+        ranges = [("PartitionKey ge @pk", {"pk": ""})]
+        if after is not None:
+            pk, rk = instance_keys(after)
+            ranges = [("PartitionKey eq @pk and RowKey gt @rk", {"pk": pk, "rk": rk}), ("PartitionKey gt @pk", {"pk": pk})]
+        found: list[InstanceRecord] = []
+        for query, parameters in ranges:
+            pages = self._instances.client.query_entities(
+                query, parameters=parameters, results_per_page=min(max(limit - len(found), 1), _PAGE)
+            ).by_page()
+            async for page in pages:
+                found += [_instance_record(entity) async for entity in page]
+                if len(found) >= limit:
+                    return found[:limit]
+        return found
+
+    async def instance_total(self) -> int:
+        """How many instances the index holds: the studies' counts, one entity per study."""
+        entities = self._studies.client.list_entities(select=["NumberOfStudyRelatedInstances"], results_per_page=_PAGE)
+        return sum([int(entity.get("NumberOfStudyRelatedInstances") or 0) async for entity in entities])
+
+    async def partitions(self) -> list[tuple[str, datetime]]:
+        """The DICOM partitions that hold a study, in name order, with the time their first study was written.
+
+        One query per partition: each asks for the first study after the partitions found so far.
+        """
+        found: list[tuple[str, datetime]] = []
+        after = ""
+        while True:
+            pages = self._studies.client.query_entities(
+                "PartitionKey gt @after", parameters={"after": after}, select=["PartitionKey"], results_per_page=1
+            ).by_page()
+            first = None
+            async for page in pages:
+                first = await anext(aiter(page), None)
+                if first is not None:  # a page may be empty yet not the last
+                    break
+            if first is None:
+                return found
+            entity = first
+            after = entity["PartitionKey"]
+            found.append((after, entity.metadata.get("timestamp") or datetime.now(UTC)))
+
+    async def add_attributes(self, level: Level, partition: str, path: tuple[str, ...], elements: dict) -> bool:
+        """Add ``elements`` to the attributes of the study, series or instance at ``path``, under its ETag.
+
+        For a reindex of extended query tags: only the Attributes column changes, never the
+        counts; an entity gone meanwhile is left gone (False).
+        """
+        table = self._tables[level]
+        pk, rk = _keys(level, partition, path)
+        for _ in range(_CONCURRENCY_RETRIES):
+            current = await self._get(table, pk, rk, ["Attributes"])
+            if current is None:
+                return False
+            attributes = json.loads(current.get("Attributes") or "{}") | elements
+            entity = {"PartitionKey": pk, "RowKey": rk, "Attributes": json.dumps(attributes, separators=(",", ":"))}
+            try:
+                await table.update_entity(
+                    entity, mode=UpdateMode.MERGE, etag=current.metadata["etag"], match_condition=MatchConditions.IfNotModified
+                )
+                return True
+            except ResourceNotFoundError:
+                return False
+            except ResourceModifiedError:
+                continue  # a store or another reindex wrote it: read again
+        raise StorageContention(f"gave up updating {table.table_name} entity {pk}/{rk} after {_CONCURRENCY_RETRIES} conflicts")
 
     async def delete_instance(self, key: InstanceKey) -> None:
         """Remove one instance entity (no error when it is gone already)."""

@@ -62,3 +62,22 @@ def range_filter(column: str, low: str, high: str, *, inclusive_low: bool = Fals
     operator = "ge" if inclusive_low else "gt"
     name = column.lower()
     return f"{column} {operator} @{name}_low and {column} lt @{name}_high", {f"{name}_low": low, f"{name}_high": high}
+
+
+EXTENDED_TAGS_PARTITION = "tags"
+"""The PartitionKey of every extended query tag (RowKey: its tag as 8 hex digits): one query lists them all."""
+
+OPERATIONS_PARTITION = "operations"
+"""The PartitionKey of every operation (RowKey: its id)."""
+
+PENDING_OPERATIONS_PARTITION = "pending"
+"""The PartitionKey of the operations not finished yet (RowKey: the id), so workers never scan finished ones."""
+
+
+def instance_path_key(key: InstanceKey) -> str:
+    """An instance's partition and UIDs as one key: the RowKey of its errors of an extended query tag."""
+    return joined(key.partition, key.study, key.series, key.sop)
+
+
+def parse_instance_path_key(text: str) -> InstanceKey:
+    return InstanceKey(*text.split(SEPARATOR))

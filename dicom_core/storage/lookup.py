@@ -81,7 +81,7 @@ def level_entries(partition: str, level: Level, path: tuple[str, ...], attribute
     suffix = joined(*path)
     return [
         (partition_key(partition, level, attribute), f"{encode_value(value)}{SEPARATOR}{suffix}")
-        for key in indexed_keys(level)
+        for key in indexed_keys(level, attributes)
         for attribute, value in index_entries(key, attributes.get(key.hex))
     ]
 
@@ -135,6 +135,23 @@ class Lookup(Table):
             await self.client.delete_entity(pk, rk)
 
         await asyncio.gather(*(delete(pk, rk) for pk, rk in dict.fromkeys(entries)))
+
+    async def clear(self, pk: str) -> int:
+        """Remove every entry of one PartitionKey (an attribute no longer indexed), a page at a time; how many."""
+        removed = 0
+        while True:
+            pages = self.client.query_entities("PartitionKey eq @pk", parameters={"pk": pk}, select=["RowKey"]).by_page()
+            row_keys: list[str] = []
+            async for page in pages:
+                row_keys = [entity["RowKey"] async for entity in page]
+                if row_keys:  # a page may be empty yet not the last
+                    break
+            if not row_keys:
+                return removed
+            for start in range(0, len(row_keys), _MAX_TRANSACTION):
+                batch = row_keys[start : start + _MAX_TRANSACTION]
+                await self.client.submit_transaction([("delete", {"PartitionKey": pk, "RowKey": rk}) for rk in batch])
+            removed += len(row_keys)
 
     async def scan(self, pk: str, value_range: ValueRange, page_size: int) -> AsyncIterator[str]:
         """The RowKeys of one partition whose values are in ``value_range``, in RowKey order."""

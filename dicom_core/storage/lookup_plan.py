@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,13 +17,16 @@ from dicom_core.dicom.constraints import (
     Constraint,
     IntegerMatch,
     NameMatch,
+    NumberMatch,
     TemporalMatch,
     TextMatch,
     UidList,
     element_values,
 )
-from dicom_core.dicom.levels import KEYS, Level, MatchingKey
+from dicom_core.dicom.extended_tags import FLOAT_VRS, INDEXABLE_VRS, INTEGER_VRS, parse_number
+from dicom_core.dicom.levels import KEYS, LEVEL_TAGS, Level, MatchingKey
 from dicom_core.dicom.matching import (
+    float_key,
     has_wildcard,
     integer_key,
     literal_prefix,
@@ -62,9 +66,14 @@ class LookupPlan:
     accepts: Callable[[str], bool] | None = None  # None: every value in the ranges is a candidate
 
 
-def words_attribute(keyword: str) -> str:
+def words_attribute(attribute: str) -> str:
     """The lookup attribute holding the words of a person-name key (fuzzy matching)."""
-    return f"{keyword}.words"
+    return f"{attribute}.words"
+
+
+def number_text(vr: str, number: float) -> str:
+    """A number as the lookup table keys it: integers (IS, SL, SS, UL, US) exactly, others as doubles."""
+    return float_key(number) if vr in FLOAT_VRS else integer_key(int(number))
 
 
 # -- write side ---------------------------------------------------------------------------------------
@@ -76,28 +85,44 @@ def index_entries(key: MatchingKey, element: dict | None) -> list[tuple[str, str
     One pair per value; a person name gives one per group and one per word (fuzzy matching).
     """
     entries: list[tuple[str, str]] = []
+    attribute = key.attribute
     for value in element_values(element):
         if key.vr == "PN":
             for group in person_name_groups(value):
-                entries.append((key.keyword, group))
-                entries += [(words_attribute(key.keyword), word) for word in name_words(group)]
+                entries.append((attribute, group))
+                entries += [(words_attribute(attribute), word) for word in name_words(group)]
         elif key.vr in ("DA", "TM", "DT"):
             point = temporal_point(key.vr, str(value))
             if point is not None:
-                entries.append((key.keyword, point))
+                entries.append((attribute, point))
         elif key.vr == "IS":
             try:
-                entries.append((key.keyword, integer_key(parse_integer(str(value)))))
+                entries.append((attribute, integer_key(parse_integer(str(value)))))
+            except ValueError:
+                continue
+        elif key.vr in FLOAT_VRS | INTEGER_VRS:
+            try:
+                entries.append((attribute, number_text(key.vr, parse_number(str(value)))))
             except ValueError:
                 continue
         elif text := str(value).strip():
-            entries.append((key.keyword, text))
+            entries.append((attribute, text))
     return list(dict.fromkeys(entries))
 
 
-def indexed_keys(level: Level) -> list[MatchingKey]:
-    """The keys of ``level`` that have lookup entries (a study UID is the study entity's own key)."""
-    return [key for key in KEYS if key.level == level and key.keyword != "StudyInstanceUID"]
+def indexed_keys(level: Level, attributes: dict) -> list[MatchingKey]:
+    """The keys of ``level`` that have lookup entries in a record of ``attributes`` (its level JSON).
+
+    The standard keys (a study UID is the study entity's own key), and the extended query
+    tags whose values it holds: store and reindex put in a level's JSON, beyond the level's
+    own attributes, exactly the values of extended query tags, each with its declared VR.
+    """
+    keys = [key for key in KEYS if key.level == level and key.keyword != "StudyInstanceUID"]
+    for hex_tag, element in attributes.items():
+        tag = int(hex_tag, 16)
+        if tag not in LEVEL_TAGS[level] and element.get("vr") in INDEXABLE_VRS:
+            keys.append(MatchingKey(hex_tag, tag, element["vr"], level, extended=True))
+    return keys
 
 
 # -- read side ----------------------------------------------------------------------------------------
@@ -117,7 +142,7 @@ def _prefix_cost(prefix: str) -> int:
 
 def plan(constraint: Constraint) -> LookupPlan:
     """The lookup ranges that hold every candidate of ``constraint``, and what reading them costs."""
-    keyword = constraint.key.keyword
+    keyword = constraint.key.attribute
     match constraint:
         case UidList():
             return LookupPlan(keyword, tuple(ValueRange("exact", uid) for uid in sorted(constraint.uids)), COST_UID)
@@ -151,4 +176,21 @@ def plan(constraint: Constraint) -> LookupPlan:
             return LookupPlan(keyword, (ValueRange("between", constraint.interval.low, constraint.interval.high),), cost)
         case IntegerMatch():
             return LookupPlan(keyword, (ValueRange("exact", integer_key(constraint.number)),), COST_BROAD)
+        case NumberMatch():
+            return _number_plan(keyword, constraint)
     raise TypeError(f"no lookup plan for {type(constraint).__name__}")
+
+
+def _number_plan(attribute: str, constraint: NumberMatch) -> LookupPlan:
+    """One value is an exact entry; a range runs between the keys of its ends (an open end: the extreme)."""
+    vr = constraint.key.vr
+    low, high = constraint.low, constraint.high
+    if vr not in FLOAT_VRS:  # integers: the whole numbers within the range
+        low = None if low is None else math.ceil(low)
+        high = None if high is None else math.floor(high)
+    if low is not None and low == high:
+        return LookupPlan(attribute, (ValueRange("exact", number_text(vr, low)),), COST_EXACT)
+    lowest = number_text(vr, low) if low is not None else number_text(vr, -math.inf if vr in FLOAT_VRS else -(10**12) + 1)
+    highest = number_text(vr, high) if high is not None else number_text(vr, math.inf if vr in FLOAT_VRS else 10**12 - 1)
+    open_ended = constraint.low is None or constraint.high is None
+    return LookupPlan(attribute, (ValueRange("between", lowest, highest),), COST_OPEN_RANGE if open_ended else COST_RANGE)

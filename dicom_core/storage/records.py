@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from dicom_core.dicom.extended_tags import TagDeclaration
 from dicom_core.dicom.parse import ByteRange
 from dicom_core.storage.layout import InstanceKey
 
@@ -101,3 +102,59 @@ class LevelUpdate:
     modality: str
     study_attributes: dict
     series_attributes: dict
+
+
+@dataclass(frozen=True)
+class ExtendedQueryTagRecord:
+    """An extended query tag in the registry: its declaration, its status and its reindex operation.
+
+    ``status`` is Adding (its reindex runs), Ready (searchable) or Deleting (its entries are
+    being removed); ``query_status`` Enabled or Disabled (Azure DICOM v2). ``has_errors``: some
+    instance's value did not fit the VR (the rows are in the errors table).
+    """
+
+    declaration: TagDeclaration
+    status: str
+    query_status: str
+    operation_id: str | None
+    has_errors: bool = False
+    version: str = ""
+
+    @property
+    def searchable(self) -> bool:
+        return self.status == "Ready" and self.query_status == "Enabled"
+
+
+@dataclass(frozen=True)
+class TagErrorRecord:
+    """An instance whose value of an extended query tag does not fit the tag's VR."""
+
+    path: str
+    key: InstanceKey
+    message: str
+    created: datetime
+
+
+@dataclass(frozen=True)
+class OperationRecord:
+    """A long-running operation (docs/operations.md): its public state, its checkpoint and its lease.
+
+    ``checkpoint`` and ``parameters`` are the handler's own JSON; ``lease_owner`` holds the
+    operation until ``lease_until``; ``version`` is the ETag every write of it is conditional on.
+    """
+
+    id: str
+    type: str
+    status: str  # notStarted, running, completed, failed
+    created: datetime
+    updated: datetime
+    percent_complete: int = 0
+    resources: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+    parameters: dict = field(default_factory=dict)
+    checkpoint: dict | None = None
+    done: int = 0
+    total: int = 0
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    version: str = ""
