@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive,
         default=1,
-        help="worker processes (default 1); STOW parses instances on the CPU, so up to one per core helps",
+        help="worker processes (default 1); each serves whole requests, so more use more cores for concurrent clients",
     )
     serve_parser.add_argument(
         "--azurite-data", type=Path, default=AZURITE_DATA, help="folder for Azurite's data (default .azurite/)"
