@@ -34,3 +34,14 @@ async def test_a_new_series_of_fifty_instances_in_one_request(client, services):
     # Entities: 150 instance lookup entries and 50 instance entities; 50 feed entries, 50 pointers and
     # the counter twice; 14 study and series lookup entries; the series and the study.
     assert written == 150 + 50 + 102 + 14 + 2
+
+
+async def test_a_hundred_instances_announce_in_three_feed_transactions(client, services):
+    study, series = generate_uid(), generate_uid()
+    instances = [new_instance(study=study, series=series, InstanceNumber=n) for n in range(1, 2 * SERIES_SIZE + 1)]
+    requests, written, lake = await stow_costs(client, services, instances)
+    assert lake == 2 * SERIES_SIZE
+    # As above, but the change feed takes 49 + 49 + 2 instances (it took 33 + 33 + 33 + 1, each with
+    # its own counter read); the lookup and instance transactions still hold all 100.
+    assert requests == 2 + 3 + 1 + (1 + 3) + 13 + 6
+    assert written == 300 + 100 + (200 + 3) + 14 + 2
