@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import functools
 import os
 import signal
 import socket
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dicom_core.client import cli as upload_cli
 from dicom_core.local import azurite
+from dicom_core.local.lifetime import configure_logging
 
 AZURITE_DATA = azurite.REPOSITORY_ROOT / ".azurite"
 AZURITE_DEFAULT_PORTS = (10000, 10001, 10002)
@@ -40,9 +41,10 @@ def serve(arguments: argparse.Namespace) -> int:
     string goes into them directly, never through the process environment.
     """
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from dicom_core.http.app import create_app
-    from dicom_core.http.local_server import uvicorn_options
+    from dicom_core.http.local_server import uvicorn_options, worker_app
     from dicom_core.settings import Settings
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -66,14 +68,21 @@ def serve(arguments: argparse.Namespace) -> int:
             )
         settings = Settings.from_environment(environment)
         print(f"DICOMweb service at http://{arguments.host}:{arguments.port}/v2", flush=True)
-        uvicorn.run(
-            create_app(settings),
-            host=arguments.host,
-            port=arguments.port,
-            log_level=arguments.log_level,
-            timeout_graceful_shutdown=5,
+        options = {
+            "host": arguments.host,
+            "port": arguments.port,
+            "log_level": arguments.log_level,
+            "timeout_graceful_shutdown": 5,
             **uvicorn_options(settings.limits),
-        )
+        }
+        if arguments.workers == 1:
+            uvicorn.run(create_app(settings), **options)
+        else:
+            # uvicorn.run takes only an import string with workers, which would leave the
+            # workers to read the settings from the environment; a factory bound to these
+            # settings travels to each spawned worker with the configuration instead.
+            config = uvicorn.Config(functools.partial(worker_app, settings), factory=True, workers=arguments.workers, **options)
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
     finally:
         if emulator is not None:
             emulator.stop()
@@ -182,6 +191,13 @@ def analytics(arguments: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m dicom_core",
@@ -200,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve_parser.add_argument("--port", type=int, default=7071, help="port to listen on (default 7071, as func start)")
     serve_parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve_parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="worker processes (default 1); each serves whole requests, so more use more cores for concurrent clients",
+    )
     serve_parser.add_argument(
         "--azurite-data", type=Path, default=AZURITE_DATA, help="folder for Azurite's data (default .azurite/)"
     )
@@ -242,9 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The Azure SDKs log every HTTP request at INFO.
-    logging.getLogger("azure").setLevel(logging.WARNING)
+    configure_logging()
     arguments = build_parser().parse_args(argv)
     return arguments.run(arguments)
 

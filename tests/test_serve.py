@@ -39,12 +39,12 @@ def _ports_taken(ports: tuple[int, ...]) -> Iterator[None]:
         yield
 
 
-def _start_serve(tmp_path: Path) -> tuple[subprocess.Popen, str, Path]:
+def _start_serve(tmp_path: Path, *arguments: str) -> tuple[subprocess.Popen, str, Path]:
     """``serve`` as a new user runs it: no DicomLake in the environment, Azurite data in ``tmp_path``."""
     environment = {name: value for name, value in os.environ.items() if not name.startswith("DicomLake")}
     environment.pop("DicomIndex", None)
     log = tmp_path / "serve.log"
-    url, process = start_server(environment, log, ("--azurite-data", str(tmp_path / "azurite")))
+    url, process = start_server(environment, log, ("--azurite-data", str(tmp_path / "azurite"), *arguments))
     return process, url, log
 
 
@@ -106,5 +106,23 @@ def test_serve_stops_its_emulator_on_every_way_out(tmp_path, stop_signal):
         process.wait(timeout=30)
         assert _wait_until_closed(blob_port), f"Azurite still listens on {blob_port} after {stop_signal.name}"
         assert _wait_until_closed(table_port), f"Azurite still listens on {table_port} after {stop_signal.name}"
+    finally:
+        _stop(process)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL])
+def test_serve_with_workers_stores_and_stops_its_workers_and_emulator(tmp_path, stop_signal):
+    process, url, log = _start_serve(tmp_path, "--workers", "2")
+    try:
+        blob_port, table_port = _emulator_ports(log)
+        data = new_instance()
+        body, boundary = multipart([data])
+        response = httpx.post(f"{url}/studies", content=body, headers=stow_headers(boundary), timeout=30)
+        assert response.status_code == 200, response.text
+        process.send_signal(stop_signal)
+        process.wait(timeout=30)
+        http_port = int(url.split(":")[2].split("/")[0])
+        for port in (http_port, blob_port, table_port):
+            assert _wait_until_closed(port), f"port {port} open after {stop_signal.name}: a worker or Azurite outlived serve"
     finally:
         _stop(process)

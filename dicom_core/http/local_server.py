@@ -18,16 +18,20 @@ a request reaches the app, so this protocol and DICOM_MAX_HEADER_BYTES apply to
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 import h11
+from starlette.applications import Starlette
 from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
 from dicom_core.errors import RequestHeaderFieldsTooLarge
+from dicom_core.http.app import create_app
 from dicom_core.http.errors import error_response
-from dicom_core.settings import Limits
+from dicom_core.local.lifetime import configure_logging, stop_with_parent
+from dicom_core.settings import Limits, Settings
 
 LINGER_SECONDS = 2
 """How long a refused connection keeps reading (and dropping) what the client still sends."""
@@ -89,3 +93,16 @@ class BoundedHeadProtocol(H11Protocol):
 def uvicorn_options(limits: Limits) -> dict[str, Any]:
     """The keyword arguments of uvicorn.run that bound request heads by ``limits``."""
     return {"http": BoundedHeadProtocol, "h11_max_incomplete_event_size": limits.max_header_bytes}
+
+
+def worker_app(settings: Settings) -> Starlette:
+    """The app of one worker process of ``serve --workers``, built in that process.
+
+    uvicorn spawns its workers, so ``settings`` reach them pickled with the server's
+    configuration, never through the environment, and logging is set up again here. A
+    worker stops when serve dies, SIGKILL included, instead of keeping the port.
+    """
+    if sys.platform == "linux":
+        stop_with_parent()
+    configure_logging()
+    return create_app(settings)

@@ -8,15 +8,15 @@ whatever the way out (SIGKILL included), so it never outlives the server or the 
 
 from __future__ import annotations
 
-import ctypes
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from dicom_core.local.lifetime import stop_with_parent
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,12 +41,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _stop_with_parent() -> None:
-    """In the child before exec: ask Linux to send SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def find_executable() -> str:
@@ -117,7 +111,7 @@ def start(
     ]
     if in_memory:
         command.append("--inMemoryPersistence")
-    before_exec = _stop_with_parent if sys.platform == "linux" else None
+    before_exec = stop_with_parent if sys.platform == "linux" else None
     if log_file:
         with open(log_file, "ab") as output:  # the child keeps its own copy of the descriptor
             process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, preexec_fn=before_exec)

@@ -47,9 +47,10 @@ FEED_PARTITION = "feed"
 COUNTER = "counter"
 CREATE, UPDATE, DELETE = "create", "update", "delete"
 CURRENT, REPLACED, DELETED = "current", "replaced", "deleted"
-# 100 operations per transaction: the counter plus at most 3 per instance
-# (new entry, pointer, State of the entry it supersedes).
-_INSTANCES_PER_TRANSACTION = 33
+# 100 operations per transaction: the counter, and per change its new entry, its pointer
+# and (when it supersedes an entry) that entry's State. A new instance needs 2, so a
+# STOW of 49 new instances is one transaction.
+_MAX_OPERATIONS = 100
 _RETRIES = 200
 _EPOCH = datetime(1, 1, 1, tzinfo=UTC)
 
@@ -66,6 +67,15 @@ class Change:
     # before, so its pointer is not read first (a wrong guess fails the transaction and
     # the retry reads it).
     probably_new: bool = False
+
+
+@dataclass(frozen=True)
+class _Counter:
+    """The counter entity as last read or written: the highest sequence, its time and the entity's ETag."""
+
+    last: int
+    time: datetime
+    etag: str
 
 
 @dataclass(frozen=True)
@@ -117,45 +127,68 @@ class ChangeFeedStore(Table):
 
     async def append(self, changes: Sequence[Change]) -> int:
         """Announce ``changes`` (skipping versions already announced); the number of entries written."""
-        written = 0
-        for start in range(0, len(changes), _INSTANCES_PER_TRANSACTION):
-            written += await self._append_chunk(changes[start : start + _INSTANCES_PER_TRANSACTION])
+        # One instance appears once per transaction; its latest version is the one to announce.
+        pending = list({pointer_row_key(change.key): change for change in changes}.values())
+        written, counter = 0, None
+        while pending:
+            entries, consumed, counter = await self._append_chunk(_fitting(pending), counter)
+            written += entries
+            pending = pending[consumed:]
         return written
 
-    async def _append_chunk(self, changes: Sequence[Change]) -> int:
-        unique = list({pointer_row_key(change.key): change for change in changes}.values())
+    async def _append_chunk(self, changes: Sequence[Change], known: _Counter | None) -> tuple[int, int, _Counter | None]:
+        """Announce a prefix of ``changes`` in one transaction: (entries written, changes dealt with, the counter now).
+
+        The prefix is all of them unless a guess that an instance was new proved wrong and
+        its extra operation would not fit; the caller passes the rest on to the next chunk.
+        ``known`` is the counter this request's previous chunk committed: it is not read again
+        (when another writer moved it since, the ETag no longer matches and the retry reads it).
+        """
         for attempt in range(_RETRIES):
             counter, pointers = await asyncio.gather(
-                self._get(COUNTER),
-                asyncio.gather(*(self._pointer(change, guess=attempt == 0) for change in unique)),
+                _known(known) if attempt == 0 and known is not None else self._counter(),
+                asyncio.gather(*(self._pointer(change, guess=attempt == 0) for change in changes)),
             )
-            last = int(counter["Last"]) if counter else 0
-            now = max(datetime.now(UTC), counter["LastTime"] if counter else _EPOCH)
+            last = counter.last if counter else 0
+            now = max(datetime.now(UTC), counter.time if counter else _EPOCH)
             operations: list[tuple] = []
-            for change, pointer in zip(unique, pointers, strict=True):
+            consumed = 0
+            for change, pointer in zip(changes, pointers, strict=True):
                 if pointer is not None and pointer["FileETag"] == change.file_etag and pointer["Deleted"] == change.deleted:
+                    consumed += 1
                     continue  # this version was announced already
                 if change.deleted and (pointer is None or pointer["Deleted"]):
+                    consumed += 1
                     continue  # nothing announced to delete
+                announced = _announce(change, pointer, last + 1, now)
+                if len(operations) + len(announced) >= _MAX_OPERATIONS:
+                    break  # the counter needs the last place
                 last += 1
-                operations.extend(_announce(change, pointer, last, now))
+                operations.extend(announced)
+                consumed += 1
             if not operations:
-                return 0
+                return 0, consumed, counter
             new_counter = {"PartitionKey": FEED_PARTITION, "RowKey": COUNTER, "Last": last, "LastTime": now}
             if counter is None:
                 operations.insert(0, ("create", new_counter))
             else:
-                operations.insert(0, _conditional_update(new_counter, counter))
+                operations.insert(0, _conditional_update(new_counter, counter.etag))
             try:
-                await self.client.submit_transaction(operations)
+                results = await self.client.submit_transaction(operations)
             except TableTransactionError as error:
                 if error.status_code not in (409, 412):
                     raise
                 # Another writer committed first: read again, after a short random pause.
                 await asyncio.sleep(random.uniform(0, min(0.002 * (attempt + 1), 0.05)))
                 continue
-            return sum(1 for operation in operations if operation[1]["RowKey"].startswith("e") and operation[0] == "create")
+            entries = sum(1 for operation in operations if operation[1]["RowKey"].startswith("e") and operation[0] == "create")
+            etag = results[0].get("etag") if results else None
+            return entries, consumed, _Counter(last, now, etag) if etag else None
         raise StorageContention(f"gave up appending to the change feed after {_RETRIES} conflicting writers")
+
+    async def _counter(self) -> _Counter | None:
+        entity = await self._get(COUNTER)
+        return None if entity is None else _Counter(int(entity["Last"]), entity["LastTime"], entity.metadata["etag"])
 
     async def _pointer(self, change: Change, *, guess: bool) -> Any:
         if guess and change.probably_new:
@@ -225,9 +258,23 @@ class ChangeFeedStore(Table):
         return low
 
 
-def _conditional_update(entity: dict, current: Any) -> tuple:
-    options = {"mode": UpdateMode.REPLACE, "etag": current.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
+def _fitting(changes: Sequence[Change]) -> Sequence[Change]:
+    """The longest prefix of ``changes`` whose operations surely fit one transaction with the counter."""
+    used = 1
+    for count, change in enumerate(changes):
+        used += 2 if change.probably_new else 3
+        if used > _MAX_OPERATIONS:
+            return changes[:count]
+    return changes
+
+
+def _conditional_update(entity: dict, etag: str) -> tuple:
+    options = {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": MatchConditions.IfNotModified}
     return ("update", entity, options)
+
+
+async def _known(counter: _Counter) -> _Counter:
+    return counter
 
 
 def _announce(change: Change, pointer: Any, sequence: int, now: datetime) -> list[tuple]:
@@ -261,7 +308,7 @@ def _announce(change: Change, pointer: Any, sequence: int, now: datetime) -> lis
     if pointer is None:
         operations.append(("create", new_pointer))
         return operations
-    operations.append(_conditional_update(new_pointer, pointer))
+    operations.append(_conditional_update(new_pointer, pointer.metadata["etag"]))
     if not pointer["Deleted"]:
         superseded = {
             "PartitionKey": FEED_PARTITION,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 from azure.core.exceptions import ResourceExistsError
 from azure.core.pipeline import PipelineRequest, PipelineResponse
@@ -23,16 +24,29 @@ _ENTITY_MARKER = b'"odata.etag":'
 
 @dataclass
 class RequestStatistics:
-    """Requests sent to the index (Table Storage) and the lake (blobs), and index entities read."""
+    """Requests sent to the index (Table Storage) and the lake (blobs), and index entities read and written."""
 
     requests: int = 0
     entities_read: int = 0
+    entities_written: int = 0  # inserted, replaced, merged or deleted, each operation of a transaction counted
     lake_requests: int = 0
 
     def reset(self) -> None:
         self.requests = 0
         self.entities_read = 0
+        self.entities_written = 0
         self.lake_requests = 0
+
+
+_WRITES = frozenset({"POST", "PUT", "PATCH", "MERGE", "DELETE"})
+
+
+def _entities_written(request: Any) -> int:
+    """The entity operations of one request: each part of a transaction (a nested multipart/mixed), or itself."""
+    parts = getattr(request, "multipart_mixed_info", None)
+    if parts:
+        return sum(_entities_written(part) for part in parts[0])
+    return 1 if request.method in _WRITES else 0
 
 
 def table_hooks(statistics: RequestStatistics) -> dict:
@@ -43,6 +57,7 @@ def table_hooks(statistics: RequestStatistics) -> dict:
 
     def on_request(request: PipelineRequest) -> None:
         statistics.requests += 1
+        statistics.entities_written += _entities_written(request.http_request)
 
     def on_response(response: PipelineResponse) -> None:
         if response.http_request.method == "GET" and response.http_response.status_code == 200:
