@@ -3,7 +3,7 @@
 ``DICOM_TEST_KILL_AT=Lake.write:7`` makes the 7th call of ``Lake.write`` kill the process
 (SIGKILL: no cleanup, no flush, as a host that is recycled) just before it would run. The
 real adapters run unchanged otherwise; the switch lives here, in the tests, never in the
-service. The background loops (health check, analytics sync) do not run, so that the Nth
+service. The background loops (health check, analytics sync, operations) do not run, so that the Nth
 call is the Nth call the requests make, whatever the timing.
 """
 
@@ -51,5 +51,6 @@ async def _idle(services) -> None:
 if __name__ == "__main__":
     app.run_health_checks = _idle
     app.run_analytics_sync = _idle
+    app.run_operations_forever = _idle
     arm(os.environ["DICOM_TEST_KILL_AT"])
     sys.exit(main(sys.argv[1:]))
