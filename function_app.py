@@ -91,6 +91,8 @@ async def health_check_timer(timer: func.TimerRequest) -> None:
 @app.timer_trigger(schedule=OPERATIONS_SCHEDULE, arg_name="timer", run_on_startup=False, use_monitor=False)
 async def operations_timer(timer: func.TimerRequest) -> None:
     await run_operations(await shared_services(), OPERATIONS_BUDGET_SECONDS)
+
+
 @app.function_name("analytics_sync_timer")
 @app.timer_trigger(schedule=ANALYTICS_SYNC_SCHEDULE, arg_name="timer", run_on_startup=False, use_monitor=False)
 async def analytics_sync_timer(timer: func.TimerRequest) -> None:

@@ -29,8 +29,9 @@ async def test_a_new_series_of_fifty_instances_in_one_request(client, services):
     # (SOPInstanceUID, SOPClassUID, InstanceNumber) and their entities in 1; the change feed's counter
     # read once and 2 transactions (49 new instances fit one with the counter, whose ETag the second
     # reuses); 13 for the study's and series' 14 lookup entries (one PartitionKey each, the two
-    # PatientName words together); the series and the study recounted (read, range, write each).
-    assert requests == 2 + 3 + 1 + 3 + 13 + 6
+    # PatientName words together); the series and the study recounted (read, range, write each); the
+    # extended query tags registry, read once per request.
+    assert requests == 2 + 3 + 1 + 3 + 13 + 6 + 1
     # Entities: 150 instance lookup entries and 50 instance entities; 50 feed entries, 50 pointers and
     # the counter twice; 14 study and series lookup entries; the series and the study.
     assert written == 150 + 50 + 102 + 14 + 2
@@ -43,5 +44,5 @@ async def test_a_hundred_instances_announce_in_three_feed_transactions(client, s
     assert lake == 2 * SERIES_SIZE
     # As above, but the change feed takes 49 + 49 + 2 instances (it took 33 + 33 + 33 + 1, each with
     # its own counter read); the lookup and instance transactions still hold all 100.
-    assert requests == 2 + 3 + 1 + (1 + 3) + 13 + 6
+    assert requests == 2 + 3 + 1 + (1 + 3) + 13 + 6 + 1
     assert written == 300 + 100 + (200 + 3) + 14 + 2

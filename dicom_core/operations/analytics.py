@@ -137,28 +137,24 @@ async def _apply(
         ]
         await tables.replace(schema.INSTANCES, [schema.instance_key_value(layout, key) for key in keys], rows, sequence)
         written[schema.INSTANCES] = len(rows)
-    if schema.SERIES in pending:
-        groups = _grouped(pending[schema.SERIES], lambda key: (key.partition, key.study, key.series))
-        records = await _bounded(services.index.get_series(*group) for group in groups)
+    levels = (
+        (schema.SERIES, lambda key: (key.partition, key.study, key.series), services.index.get_series, schema.series_row,
+         schema.series_key_value),
+        (schema.STUDIES, lambda key: (key.partition, key.study), services.index.get_study, schema.study_row,
+         schema.study_key_value),
+    )  # fmt: skip
+    for table, group_of, read, to_row, key_value in levels:
+        if table not in pending:
+            continue
+        groups = _grouped(pending[table], group_of)
+        records = await _bounded(read(*group) for group in groups)
         rows = [
-            schema.series_row(record, layout, _latest(times[key] for key in keys))
+            to_row(record, layout, _latest(times[key] for key in keys))
             for record, keys in zip(records, groups.values(), strict=True)
             if record is not None
         ]
-        series_keys = [schema.series_key_value(layout, keys[0]) for keys in groups.values()]
-        await tables.replace(schema.SERIES, series_keys, rows, sequence)
-        written[schema.SERIES] = len(rows)
-    if schema.STUDIES in pending:
-        groups = _grouped(pending[schema.STUDIES], lambda key: (key.partition, key.study))
-        records = await _bounded(services.index.get_study(*group) for group in groups)
-        rows = [
-            schema.study_row(record, layout, _latest(times[key] for key in keys))
-            for record, keys in zip(records, groups.values(), strict=True)
-            if record is not None
-        ]
-        study_keys = [schema.study_key_value(layout, keys[0]) for keys in groups.values()]
-        await tables.replace(schema.STUDIES, study_keys, rows, sequence)
-        written[schema.STUDIES] = len(rows)
+        await tables.replace(table, [key_value(layout, keys[0]) for keys in groups.values()], rows, sequence)
+        written[table] = len(rows)
     return written
 
 
