@@ -1,4 +1,4 @@
-"""WADO-RS: instances, series, studies, series metadata and single frames; and the raw blob ceiling.
+"""WADO-RS: instances, series, studies, series metadata and single frames, with their raw-storage ceilings.
 
 Every answer is checked (status 200 and the expected number of parts or metadata
 objects), so a faster wrong answer cannot win. The instance and frame scenarios
@@ -9,24 +9,20 @@ sample instances spread over the whole corpus; series metadata reads the big ser
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
-from azure.storage.blob.aio import BlobServiceClient
 
+from bench.ceiling import RawStorage, measure
 from bench.client import client
 from bench.corpus import Corpus, Instance, Series, Study
 from bench.process import BenchmarkError
-from bench.scenarios import Result, latency, scenario, throughput
-from dicom_core.local import azurite
+from bench.scenarios import Result, ceiling, latency, scenario, throughput
 
 AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 FRAME = 'multipart/related; type="application/octet-stream"'
 SAMPLES = 100
 METADATA_SAMPLES = 20
-CEILING_CONCURRENCY = 8  # as many downloads at once as our retrieve keeps in flight
 
 
 def _instances(corpus: Corpus, count: int) -> list[tuple[Study, Series, Instance]]:
@@ -124,37 +120,72 @@ def _one_part_latency(base_url: str, corpus: Corpus, suffix: str, accept: str, n
     return latency(name, durations)
 
 
-@scenario("blob-ceiling")
-def blob_ceiling(base_url: str, corpus: Corpus) -> list[Result]:
-    """Our ceiling: the corpus's series downloaded as raw blobs from an Azurite like ours, 8 at a time; instances/s."""
-    if not base_url.endswith("/v2"):
-        return []  # a property of our storage, not of Orthanc
-    files = [corpus.path(instance) for study in corpus.studies for series in study.series for instance in series.instances]
-    with tempfile.TemporaryDirectory(prefix="bench-ceiling-") as folder:
-        storage = azurite.start(Path(folder), in_memory=False, log_file=Path(folder) / "azurite.log")
-        try:
-            seconds = asyncio.run(_download_all(storage.connection_string, files))
-        finally:
-            storage.stop()
-    return [throughput("raw blob download (ceiling), instances/s", len(files), seconds)]
+@ceiling("wado-instance")
+def wado_instance_raw(storage: str, corpus: Corpus) -> list[Result]:
+    """One GET of each sampled instance's blob."""
+
+    async def run(raw: RawStorage) -> Result:
+        durations = []
+        for study, series, instance in _instances(corpus, SAMPLES):
+            path = raw.path(study, series, instance)
+            started = time.perf_counter()
+            data = await raw.get(path)
+            durations.append(time.perf_counter() - started)
+            if len(data) != instance.size:
+                raise BenchmarkError(f"{path}: {len(data)} bytes, expected {instance.size}")
+        return latency("WADO-RS one instance", durations)
+
+    return [measure(storage, run)]
 
 
-async def _download_all(connection_string: str, files: list[Path]) -> float:
-    """Upload ``files`` as blobs, then time downloading them all, CEILING_CONCURRENCY at a time."""
-    async with BlobServiceClient.from_connection_string(connection_string) as service:
-        container = service.get_container_client("ceiling")
-        await container.create_container()
-        for number, path in enumerate(files):
-            await container.upload_blob(f"{number}.dcm", path.read_bytes())
-        slots = asyncio.Semaphore(CEILING_CONCURRENCY)
+@ceiling("wado-frame")
+def wado_frame_raw(storage: str, corpus: Corpus) -> list[Result]:
+    """One ranged GET of frame 1's bytes of each sampled instance (offsets from its index record)."""
 
-        async def download(number: int) -> int:
-            async with slots:
-                return len(await (await container.download_blob(f"{number}.dcm")).readall())
+    async def run(raw: RawStorage) -> Result:
+        durations = []
+        for study, series, instance in _instances(corpus, SAMPLES):
+            path, record = raw.path(study, series, instance), await raw.record(study, series, instance)
+            if not record.frame_ranges:
+                raise BenchmarkError(f"{path}: the index has no frame ranges")
+            started = time.perf_counter()
+            await asyncio.gather(*(raw.get(path, offset, length) for offset, length in record.frame_ranges[0]))
+            durations.append(time.perf_counter() - started)
+        return latency("WADO-RS one frame", durations)
 
+    return [measure(storage, run)]
+
+
+@ceiling("wado-series")
+def wado_series_raw(storage: str, corpus: Corpus) -> list[Result]:
+    """GETs of each series' blobs, CONCURRENCY at a time."""
+
+    async def run(raw: RawStorage) -> list[Result]:
+        durations, count = [], 0
         started = time.perf_counter()
-        sizes = await asyncio.gather(*(download(number) for number in range(len(files))))
+        for study in corpus.studies:
+            for series in study.series:
+                before = time.perf_counter()
+                await raw.get_all(raw.path(study, series, instance) for instance in series.instances)
+                durations.append(time.perf_counter() - before)
+                count += len(series.instances)
         elapsed = time.perf_counter() - started
-    if sum(sizes) != sum(path.stat().st_size for path in files):
-        raise BenchmarkError("the ceiling download returned other bytes than were uploaded")
-    return elapsed
+        return [throughput("WADO-RS series, instances/s", count, elapsed), latency("WADO-RS one series", durations)]
+
+    return measure(storage, run)
+
+
+@ceiling("wado-study")
+def wado_study_raw(storage: str, corpus: Corpus) -> list[Result]:
+    """GETs of each study's blobs, CONCURRENCY at a time."""
+
+    async def run(raw: RawStorage) -> list[Result]:
+        count = 0
+        started = time.perf_counter()
+        for study in corpus.studies:
+            paths = [raw.path(study, series, instance) for series in study.series for instance in series.instances]
+            await raw.get_all(paths)
+            count += len(paths)
+        return [throughput("WADO-RS study, instances/s", count, time.perf_counter() - started)]
+
+    return measure(storage, run)
