@@ -17,6 +17,12 @@ instances, modalities in study) live on the study and series entities; they are
 recounted from the entities below them after every store and delete, under ETag
 optimistic concurrency, so concurrent and repeated stores and deletes keep them
 exact (``refresh``). Callers see typed records (storage/records.py), never entities.
+
+The adapter also keeps the instance records it read or wrote lately, for the one kind
+of caller that may use them without asking the index again: a retrieve whose every lake
+read is conditional on the recorded ETag, and that decides any failure again on a fresh
+read (operations/retrieve/finding.py ``with_instance``). This process's own writes drop
+the record; another host's writes are caught by the ETag condition.
 """
 
 from __future__ import annotations
@@ -24,9 +30,9 @@ from __future__ import annotations
 import json
 import logging
 import zlib
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,6 +69,8 @@ _INSTANCE_SUMMARY = [
     "StoredAt",
 ]  # fmt: skip
 _INSTANCE_SWEEP = [*UID_COLUMNS, "Path", "ETag"]
+INSTANCE_CACHE_SIZE = 4096
+"""Instance records one process keeps (least recently used first out), without their DICOM JSON: a few MB."""
 
 
 # -- encodings --------------------------------------------------------------------------------------
@@ -172,6 +180,31 @@ def _keys(level: Level, partition: str, path: tuple[str, ...]) -> tuple[str, str
     return instance_keys(InstanceKey(partition, study, rest[0], rest[1]))
 
 
+class _InstanceCache:
+    """A bounded LRU map of instance keys to records marked ``cached``."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._records: OrderedDict[InstanceKey, InstanceRecord] = OrderedDict()
+
+    def get(self, key: InstanceKey) -> InstanceRecord | None:
+        record = self._records.get(key)
+        if record is not None:
+            self._records.move_to_end(key)
+        return record
+
+    def put(self, record: InstanceRecord) -> None:
+        # The DICOM JSON is the bulk of a record and no cached reader needs it.
+        self._records[record.key] = replace(record, metadata_json=None, cached=True)
+        self._records.move_to_end(record.key)
+        if len(self._records) > self._size:
+            self._records.popitem(last=False)
+
+    def forget(self, keys: Iterable[InstanceKey]) -> None:
+        for key in keys:
+            self._records.pop(key, None)
+
+
 @dataclass(frozen=True)
 class PreparedInstance:
     """An instance record encoded once for a transaction; ``size`` bounds its encoded size on the wire."""
@@ -194,6 +227,7 @@ class Index:
         self._series = Table(service, f"{table_prefix}series")
         self._instances = Table(service, f"{table_prefix}instances")
         self.lookup = Lookup(service, table_prefix)
+        self._cached = _InstanceCache(INSTANCE_CACHE_SIZE)
 
     @property
     def _tables(self) -> dict[Level, TableClient]:
@@ -208,20 +242,34 @@ class Index:
 
     # -- instances ---------------------------------------------------------------------------
 
-    async def get_instance(self, key: InstanceKey) -> InstanceRecord | None:
+    async def get_instance(self, key: InstanceKey, *, cached: bool = False) -> InstanceRecord | None:
+        """The instance ``key`` by a point read, or None.
+
+        With ``cached``, a record this process read lately comes back without a request,
+        marked ``cached`` and without its DICOM JSON (see the module docstring for who may ask).
+        """
+        if cached and (record := self._cached.get(key)) is not None:
+            return record
         entity = await self._get(self._instances.client, *instance_keys(key))
-        return None if entity is None else _instance_record(entity)
+        if entity is None:
+            self._cached.forget([key])
+            return None
+        record = _instance_record(entity)
+        self._cached.put(record)
+        return record
 
     def prepare_instance(self, record: InstanceRecord) -> PreparedInstance:
         return PreparedInstance(record, _instance_entity(record))
 
     async def put_instance(self, record: InstanceRecord) -> None:
         """Create or replace one instance entity (counts follow from ``refresh``)."""
+        self._cached.forget([record.key])
         await self.lookup.put(instance_entries(record))  # first: an entity is never visible without its entries
         await self._instances.client.upsert_entity(_instance_entity(record), mode=UpdateMode.REPLACE)
 
     async def put_instances(self, prepared: list[PreparedInstance]) -> None:
         """Create or replace instance entities of one study in one transaction (at most 100, under 4 MiB)."""
+        self._cached.forget(item.record.key for item in prepared)
         await self.lookup.put(entry for item in prepared for entry in instance_entries(item.record))
         await self._instances.client.submit_transaction(
             [("upsert", item.entity, {"mode": UpdateMode.REPLACE}) for item in prepared]
@@ -327,10 +375,13 @@ class Index:
 
     async def delete_instance(self, key: InstanceKey) -> None:
         """Remove one instance entity (no error when it is gone already)."""
+        self._cached.forget([key])
         await self._instances.client.delete_entity(*instance_keys(key))
 
     async def delete_entry(self, level: Level, partition: str, path: tuple[str, ...]) -> None:
         """Remove the study, series or instance entity at UID ``path`` alone, counts and lookups untouched."""
+        if level == Level.INSTANCE:
+            self._cached.forget([InstanceKey(partition, *path)])
         await self._tables[level].delete_entity(*_keys(level, partition, path))
 
     async def flag_for_reconciliation(self, key: InstanceKey, reason: str) -> None:
@@ -339,6 +390,7 @@ class Index:
         ``ReconciliationNeeded`` holds the reason and ``ReconciliationFlaggedAt`` the time, merged
         into the entity, so that reconciliation can find and repair it; nothing else changes.
         """
+        self._cached.forget([key])
         partition_key, row_key = instance_keys(key)
         entity = {
             "PartitionKey": partition_key,
@@ -371,9 +423,7 @@ class Index:
 
     # -- searches (operations/search.py): point reads and key ranges --------------------------------
 
-    async def read(
-        self, level: Level, partition: str, path: tuple[str, ...], *, metadata: bool = False
-    ) -> LevelRecord | None:
+    async def read(self, level: Level, partition: str, path: tuple[str, ...], *, metadata: bool = False) -> LevelRecord | None:
         """The study, series or instance at UID ``path`` (study first) by a point read, or None."""
         entity = await self._get(self._tables[level], *_keys(level, partition, path), self._columns(level, metadata))
         return None if entity is None else _DECODERS[level](entity)
@@ -412,9 +462,16 @@ class Index:
     async def _pages(
         self, level: Level, query: str, parameters: dict, metadata: bool, page_size: int
     ) -> AsyncIterator[LevelRecord]:
-        pages = self._tables[level].query_entities(
-            query, parameters=parameters, select=self._columns(level, metadata), results_per_page=min(max(page_size, 1), _PAGE)
-        ).by_page()
+        pages = (
+            self._tables[level]
+            .query_entities(
+                query,
+                parameters=parameters,
+                select=self._columns(level, metadata),
+                results_per_page=min(max(page_size, 1), _PAGE),
+            )
+            .by_page()
+        )
         decode = _DECODERS[level]
         async for page in pages:
             async for entity in page:
