@@ -179,7 +179,7 @@ async def _costs(services: Services, client: httpx.AsyncClient, url: str, accept
 
 
 async def test_a_known_instance_or_frame_costs_one_lake_request_and_no_index_request(client, settings):
-    _, _, instances = await _series(client, 2)
+    study, series, instances = await _series(client, 3)
     async with _another_host(settings) as (host, other):
         for data, suffix, accept in ((instances[0], "", AS_STORED), (instances[1], "/frames/1", FRAMES)):
             url = instance_url(data) + suffix
@@ -192,6 +192,10 @@ async def test_a_known_instance_or_frame_costs_one_lake_request_and_no_index_req
             assert host.statistics.entities_read == 0
             [(_, content)] = split_multipart(response)
             assert content == (preamble_zeroed(data) if not suffix else pydicom.dcmread(io.BytesIO(data)).PixelData)
+        # The series metadata a viewer reads first makes every instance of the series known.
+        assert (await other.get(f"/v2/studies/{study}/series/{series}/metadata")).status_code == 200
+        response, index_requests, lake_requests = await _costs(host, other, f"{instance_url(instances[2])}/frames/1", FRAMES)
+        assert response.status_code == 200 and (index_requests, lake_requests) == (0, 1)
 
 
 async def test_a_cached_record_is_read_again_when_another_host_replaced_or_deleted_the_instance(client, settings):

@@ -18,7 +18,7 @@ recounted from the entities below them after every store and delete, under ETag
 optimistic concurrency, so concurrent and repeated stores and deletes keep them
 exact (``refresh``). Callers see typed records (storage/records.py), never entities.
 
-The adapter also keeps the instance records it read or wrote lately, for the one kind
+The adapter also keeps the instance records it read lately, for the one kind
 of caller that may use them without asking the index again: a retrieve whose every lake
 read is conditional on the recorded ETag, and that decides any failure again on a fresh
 read (operations/retrieve/finding.py ``with_instance``). This process's own writes drop
@@ -181,21 +181,23 @@ def _keys(level: Level, partition: str, path: tuple[str, ...]) -> tuple[str, str
 
 
 class _InstanceCache:
-    """A bounded LRU map of instance keys to records marked ``cached``."""
+    """A bounded LRU map of instance keys to the records last read of them."""
 
     def __init__(self, size: int) -> None:
         self._size = size
         self._records: OrderedDict[InstanceKey, InstanceRecord] = OrderedDict()
 
     def get(self, key: InstanceKey) -> InstanceRecord | None:
+        """The record marked ``cached``; marked here, on a hit, so that filling the cache costs no copy."""
         record = self._records.get(key)
-        if record is not None:
-            self._records.move_to_end(key)
-        return record
+        if record is None:
+            return None
+        self._records.move_to_end(key)
+        return replace(record, cached=True)
 
     def put(self, record: InstanceRecord) -> None:
         # The DICOM JSON is the bulk of a record and no cached reader needs it.
-        self._records[record.key] = replace(record, metadata_json=None, cached=True)
+        self._records[record.key] = record if record.metadata_json is None else replace(record, metadata_json=None)
         self._records.move_to_end(record.key)
         if len(self._records) > self._size:
             self._records.popitem(last=False)
@@ -475,7 +477,10 @@ class Index:
         decode = _DECODERS[level]
         async for page in pages:
             async for entity in page:
-                yield decode(entity)
+                record = decode(entity)
+                if isinstance(record, InstanceRecord):
+                    self._cached.put(record)  # a viewer asks for the frames of the series it read the metadata of
+                yield record
 
     # -- counts ------------------------------------------------------------------------------
 
