@@ -232,6 +232,31 @@ async def test_a_cached_record_is_read_again_when_another_host_replaced_or_delet
             assert response.status_code == 404 and "is not stored" in response.json()["message"]
 
 
+async def test_metadata_and_single_retrieves_cost_the_same_at_ten_times_the_archive(client, settings):
+    study, series, instances = await _series(client, 3)
+    urls = [
+        (f"/v2/studies/{study}/series/{series}/metadata", "application/dicom+json"),
+        (f"/v2/studies/{study}/metadata", "application/dicom+json"),
+        (instance_url(instances[0]), AS_STORED),
+        (f"{instance_url(instances[1])}/frames/1", FRAMES),
+    ]
+
+    async def costs() -> list[tuple[int, int, int]]:
+        async with _another_host(settings) as (host, other):  # nothing cached: what any host pays first
+            measured = []
+            for url, accept in urls:
+                response, index_requests, lake_requests = await _costs(host, other, url, accept)
+                assert response.status_code == 200, response.text
+                measured.append((index_requests, host.statistics.entities_read, lake_requests))
+            return measured
+
+    small = await costs()
+    await store(client, [new_instance() for _ in range(30)])  # 31 times the studies, 11 times the instances
+    assert await costs() == small
+    # One key range each for the metadata; the instance and the frame are then known: one lake read each.
+    assert small == [(1, 3, 0), (1, 3, 0), (0, 0, 1), (0, 0, 1)]
+
+
 async def test_archive_tier_says_how_to_rehydrate(client, services):
     _, _, [data] = await _series(client, 1)
     path = services.layout.instance_path(_key(data))

@@ -38,11 +38,11 @@ async def with_instance(services: Services, key: InstanceKey, use: Callable[[Ins
     error is the one a fresh record gives.
     """
     record = await find_instance(services, key, cached=True)
-    if not record.cached:
-        return await use(record)
     try:
         return await use(record)
     except (StaleRecord, DicomServiceError):
+        if not record.cached:
+            raise
         return await use(await find_instance(services, key))
 
 
