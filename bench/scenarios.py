@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 from bench.corpus import Corpus
 
-MODULES = ("bench.stow", "bench.search", "bench.retrieve", "bench.extended")
+MODULES = ("bench.stow", "bench.search", "bench.retrieve", "bench.extended", "bench.viewer")
 """Modules holding scenarios, in the order they run; ``bench.stow`` must stay first."""
 
 
@@ -53,18 +53,21 @@ class Scenario:
     description: str
     run: ScenarioFunction
     ceiling: CeilingFunction | None = None
+    optional: bool = False
+    """Run only when named in ``--scenarios`` (a slow one)."""
 
 
 _REGISTRY: dict[str, Scenario] = {}
 
 
-def scenario(name: str) -> Callable[[ScenarioFunction], ScenarioFunction]:
+def scenario(name: str, *, optional: bool = False) -> Callable[[ScenarioFunction], ScenarioFunction]:
     """Register the decorated function as scenario ``name``; its docstring describes it."""
 
     def register(function: ScenarioFunction) -> ScenarioFunction:
         if name in _REGISTRY:
             raise ValueError(f"scenario {name!r} is registered twice")
-        _REGISTRY[name] = Scenario(name, (function.__doc__ or "").strip().splitlines()[0], function)
+        description = (function.__doc__ or "").strip().splitlines()[0]
+        _REGISTRY[name] = Scenario(name, description, function, optional=optional)
         return function
 
     return register
