@@ -21,6 +21,7 @@ from dicom_core.operations.retrieve import instances as retrieve_operation
 from dicom_core.operations.retrieve import streams as retrieve_streams
 from dicom_core.services import Services
 from dicom_core.settings import Settings
+from dicom_core.storage import index as index_module
 from dicom_core.storage.layout import InstanceKey, Scope
 from tests.dicom_files import file_bytes, multipart, new_instance, preamble_zeroed, stow_headers
 from tests.retrieve_helpers import EXPLICIT_LITTLE, bulk_data_uris, instance_url, split_multipart, store, uids
@@ -196,6 +197,17 @@ async def test_a_known_instance_or_frame_costs_one_lake_request_and_no_index_req
         assert (await other.get(f"/v2/studies/{study}/series/{series}/metadata")).status_code == 200
         response, index_requests, lake_requests = await _costs(host, other, f"{instance_url(instances[2])}/frames/1", FRAMES)
         assert response.status_code == 200 and (index_requests, lake_requests) == (0, 1)
+
+
+async def test_the_cache_keeps_the_records_read_last_within_its_size(client, settings, monkeypatch):
+    _, _, instances = await _series(client, 3)
+    monkeypatch.setattr(index_module, "INSTANCE_CACHE_BYTES", 5000)  # two single-frame records
+    async with _another_host(settings) as (host, other):
+        for data in instances:
+            assert (await other.get(instance_url(data), headers={"Accept": AS_STORED})).status_code == 200
+        for data, expected in ((instances[2], (0, 1)), (instances[1], (0, 1)), (instances[0], (1, 1))):
+            response, index_requests, lake_requests = await _costs(host, other, instance_url(data), AS_STORED)
+            assert response.status_code == 200 and (index_requests, lake_requests) == expected
 
 
 async def test_a_cached_record_is_read_again_when_another_host_replaced_or_deleted_the_instance(client, settings):

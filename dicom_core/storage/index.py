@@ -69,8 +69,11 @@ _INSTANCE_SUMMARY = [
     "StoredAt",
 ]  # fmt: skip
 _INSTANCE_SWEEP = [*UID_COLUMNS, "Path", "ETag"]
-INSTANCE_CACHE_SIZE = 4096
-"""Instance records one process keeps (least recently used first out), without their DICOM JSON: a few MB."""
+INSTANCE_CACHE_BYTES = 16 * 1024 * 1024
+"""About how much memory the instance records one process keeps may take (least recently used out first)."""
+# Estimated memory of a cached record (it has no DICOM JSON): its attributes, plus each (offset, length) of its frames.
+_RECORD_BYTES = 2048
+_FRAME_RANGE_BYTES = 128
 
 
 # -- encodings --------------------------------------------------------------------------------------
@@ -181,10 +184,14 @@ def _keys(level: Level, partition: str, path: tuple[str, ...]) -> tuple[str, str
 
 
 class _InstanceCache:
-    """A bounded LRU map of instance keys to the records last read of them."""
+    """An LRU map of instance keys to the records last read of them, bounded by their estimated size.
 
-    def __init__(self, size: int) -> None:
-        self._size = size
+    By size rather than count: a record of a file with thousands of frames holds thousands of ranges.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._used = 0
         self._records: OrderedDict[InstanceKey, InstanceRecord] = OrderedDict()
 
     def get(self, key: InstanceKey) -> InstanceRecord | None:
@@ -196,15 +203,26 @@ class _InstanceCache:
         return replace(record, cached=True)
 
     def put(self, record: InstanceRecord) -> None:
+        self.forget([record.key])
+        size = _cached_size(record)
+        if size > self._capacity:
+            return
         # The DICOM JSON is the bulk of a record and no cached reader needs it.
         self._records[record.key] = record if record.metadata_json is None else replace(record, metadata_json=None)
-        self._records.move_to_end(record.key)
-        if len(self._records) > self._size:
-            self._records.popitem(last=False)
+        self._used += size
+        while self._used > self._capacity:
+            _, evicted = self._records.popitem(last=False)
+            self._used -= _cached_size(evicted)
 
     def forget(self, keys: Iterable[InstanceKey]) -> None:
         for key in keys:
-            self._records.pop(key, None)
+            record = self._records.pop(key, None)
+            if record is not None:
+                self._used -= _cached_size(record)
+
+
+def _cached_size(record: InstanceRecord) -> int:
+    return _RECORD_BYTES + _FRAME_RANGE_BYTES * sum(len(frame) for frame in record.frame_ranges or ())
 
 
 @dataclass(frozen=True)
@@ -229,7 +247,7 @@ class Index:
         self._series = Table(service, f"{table_prefix}series")
         self._instances = Table(service, f"{table_prefix}instances")
         self.lookup = Lookup(service, table_prefix)
-        self._cached = _InstanceCache(INSTANCE_CACHE_SIZE)
+        self._cached = _InstanceCache(INSTANCE_CACHE_BYTES)
 
     @property
     def _tables(self) -> dict[Level, TableClient]:
