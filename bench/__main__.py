@@ -34,8 +34,9 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", choices=sorted(LAUNCHERS), help="run against one server only")
     parser.add_argument(
         "--scenarios",
-        default=",".join(available),
-        help=f"comma-separated scenarios to run, among: {', '.join(available)} (default all; stow always runs first)",
+        default=",".join(name for name, entry in available.items() if not entry.optional),
+        help=f"comma-separated scenarios to run, among: {', '.join(available)} "
+        f"(default all but {', '.join(name for name, entry in available.items() if entry.optional)}; stow always runs first)",
     )
     parser.add_argument(
         "--rounds",

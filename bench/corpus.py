@@ -11,6 +11,9 @@ Shape: series of ``series_size`` instances (the last one may be shorter); studie
 patient has the same size whatever the size of the archive. ``big_series`` adds one
 more study holding a single series of that many instances (for series-level
 retrieval), not counted in ``instances``.
+
+``load_or_generate_volume`` makes the viewer scenario's series: one CT series of slices
+whose image is CT_small's scaled up by whole pixels (512x512, about 513 KB a file).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy
 import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
@@ -35,6 +39,9 @@ GENERATOR_VERSION = 1
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 TEMPLATE = "CT_small.dcm"
+TEMPLATE_SIZE = 128  # its rows and columns
+VOLUME_STUDY = 1_000_000
+"""The study (and patient) number of a volume: beyond any corpus, and a CT study (MODALITY_CYCLE)."""
 STUDIES_PER_PATIENT = 2
 SERIES_PER_STUDY = (1, 2, 3)
 FIRST_STUDY_DATE = datetime.date(2004, 1, 5)
@@ -177,7 +184,21 @@ def load_or_generate(instances: int, series_size: int = 50, big_series: int = 0)
     root = CACHE / f"v{GENERATOR_VERSION}-i{instances}-s{series_size}-b{big_series}"
     manifest = root / "manifest.json"
     if not manifest.exists():
-        _generate(root, instances, series_size, big_series)
+        plan = _plan(instances, series_size)
+        big = (len(plan), math.ceil(len(plan) / STUDIES_PER_PATIENT), big_series) if big_series else None
+        _generate(root, _template(TEMPLATE_SIZE), plan, big)
+    return _load(root, json.loads(manifest.read_text()))
+
+
+def load_or_generate_volume(slices: int, size: int) -> Corpus:
+    """One CT study of one series of ``slices`` images of ``size`` x ``size`` pixels (a multiple of 128),
+    as its ``big_series_study``; its UIDs are apart from every corpus's, so it can be stored beside one."""
+    if slices < 1 or size < TEMPLATE_SIZE or size % TEMPLATE_SIZE:
+        raise ValueError(f"a volume needs slices and a size that is a multiple of {TEMPLATE_SIZE}")
+    root = CACHE / f"v{GENERATOR_VERSION}-volume{slices}-{size}"
+    manifest = root / "manifest.json"
+    if not manifest.exists():
+        _generate(root, _template(size), [], (VOLUME_STUDY, VOLUME_STUDY, slices))
     return _load(root, json.loads(manifest.read_text()))
 
 
@@ -205,35 +226,34 @@ def _plan(instances: int, series_size: int) -> list[list[int]]:
     return studies
 
 
-def _generate(root: Path, instances: int, series_size: int, big_series: int) -> None:
-    """Write the corpus files and ``manifest.json`` into ``root`` (atomically: via a temporary folder)."""
+def _template(size: int) -> Dataset:
+    """CT_small as the template of every file; its 128x128 image scaled up by whole pixels to ``size``."""
     template = pydicom.dcmread(get_testdata_file(TEMPLATE))
     template.preamble = b"\0" * 128
     template.SpecificCharacterSet = "ISO_IR 192"
     del template.OtherPatientIDsSequence
+    factor = size // int(template.Rows)
+    if factor > 1:
+        pixels = template.pixel_array
+        template.PixelData = numpy.kron(pixels, numpy.ones((factor, factor), dtype=pixels.dtype)).tobytes()
+        template.Rows = template.Columns = size
+        template.PixelSpacing = [float(spacing) / factor for spacing in template.PixelSpacing]
+    return template
+
+
+def _generate(root: Path, template: Dataset, plan: list[list[int]], big: tuple[int, int, int] | None) -> None:
+    """Write the studies of ``plan`` and the ``big`` one (number, patient, instances) with ``manifest.json``
+    into ``root``, atomically: via a temporary folder."""
     partial = root.with_name(root.name + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
-    plan = _plan(instances, series_size)
     studies: list[Study] = []
-    with tqdm(total=instances + big_series, unit="inst", desc="generating corpus") as progress:
+    with tqdm(total=sum(map(sum, plan)) + (big[2] if big else 0), unit="inst", desc="generating corpus") as progress:
         for number, series_sizes in enumerate(plan):
-            studies.append(
-                _write_study(
-                    template,
-                    partial,
-                    number,
-                    number // STUDIES_PER_PATIENT,
-                    series_sizes,
-                    progress,
-                )
-            )
-        big = None
-        if big_series:
-            patient = math.ceil(len(plan) / STUDIES_PER_PATIENT)
-            big = _write_study(template, partial, len(plan), patient, [big_series], progress)
+            studies.append(_write_study(template, partial, number, number // STUDIES_PER_PATIENT, series_sizes, progress))
+        big_study = _write_study(template, partial, big[0], big[1], [big[2]], progress) if big else None
     document = {
         "studies": [asdict(study) for study in studies],
-        "big_series_study": asdict(big) if big else None,
+        "big_series_study": asdict(big_study) if big_study else None,
     }
     (partial / "manifest.json").write_text(json.dumps(document, ensure_ascii=False))
     partial.rename(root)

@@ -11,10 +11,28 @@ from pathlib import Path
 
 from bench.process import BenchmarkError, Server, free_port, stop, wait_until_answers
 from dicom_core.local import azurite
+from dicom_core.settings import Settings
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 TABLE_PREFIX = "bench"
 ANALYTICS_OFF_SECONDS = 10**9
+
+
+def environment(connection_string: str) -> dict[str, str]:
+    """The settings our server runs with over the storage at ``connection_string``."""
+    return {
+        "DicomLake": connection_string,
+        "DICOM_TABLE_PREFIX": TABLE_PREFIX,
+        # No analytics sync in the background: it would compete with the requests measured
+        # for the two cores (bench/analytics.py measures the sync by itself).
+        "DICOM_ANALYTICS_INTERVAL_SECONDS": str(ANALYTICS_OFF_SECONDS),
+        "DICOM_OPERATION_POLL_SECONDS": "1",  # the extended scenario's reindex starts within a second
+    }
+
+
+def settings(connection_string: str) -> Settings:
+    """The server's settings, for reading the same storage beside it (the raw-storage ceiling)."""
+    return Settings.from_environment(environment(connection_string))
 
 
 def version() -> str:
@@ -39,15 +57,6 @@ def running(data: Path) -> Iterator[Server]:
         raise BenchmarkError(f"Azurite did not start: {error}") from error
     try:
         port = free_port()
-        environment = {
-            **os.environ,
-            "DicomLake": storage.connection_string,
-            "DICOM_TABLE_PREFIX": TABLE_PREFIX,
-            # No analytics sync in the background: it would compete with the requests measured
-            # for the two cores (bench/analytics.py measures the sync by itself).
-            "DICOM_ANALYTICS_INTERVAL_SECONDS": str(ANALYTICS_OFF_SECONDS),
-            "DICOM_OPERATION_POLL_SECONDS": "1",  # the extended scenario's reindex starts within a second
-        }
         log = data / "server.log"
         with open(log, "ab") as output:
             process = subprocess.Popen(
@@ -62,7 +71,7 @@ def running(data: Path) -> Iterator[Server]:
                     str(port),
                 ],
                 cwd=REPOSITORY_ROOT,
-                env=environment,
+                env={**os.environ, **environment(storage.connection_string)},
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )

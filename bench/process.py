@@ -82,4 +82,5 @@ class Server:
     data: Path
     """The folder that holds everything the server stored."""
     lake_connection: str | None = None
-    """Ours: the connection string of its lake and index (bench/analytics.py reads the tables)."""
+    """Ours: the connection string of its lake and index (bench/analytics.py reads the tables, and the
+    raw-storage ceiling, bench/ceiling.py, the same files)."""

@@ -22,6 +22,8 @@ LAUNCHERS: dict[str, Callable[[Path], AbstractContextManager[Server]]] = {
     "orthanc": orthanc.running,
 }
 """Servers in running order."""
+RAW = "raw"
+"""The name the raw-storage ceilings are reported under, beside the servers."""
 
 
 @dataclass
@@ -47,14 +49,21 @@ def warm_up(server: Server) -> None:
     )
 
 
-def measure(server: Server, corpus: Corpus, scenarios: list[Scenario]) -> list[Result]:
-    """Run ``scenarios`` in order against a freshly started, empty ``server``."""
+def measure(server: Server, corpus: Corpus, scenarios: list[Scenario]) -> dict[str, list[Result]]:
+    """Run ``scenarios`` in order against a freshly started, empty ``server``; results by server name.
+
+    When the server exposes its storage, each scenario's raw-storage ceiling runs right
+    after the scenario, on the files it stored, and its results go under RAW.
+    """
     corpus.warm()
     warm_up(server)
-    results: list[Result] = []
+    results: dict[str, list[Result]] = {server.name: []}
     for entry in scenarios:
         print(f"{server.name}: {entry.name} ({entry.description})")
-        results += entry.run(server.base_url, corpus)
+        results[server.name] += entry.run(server.base_url, corpus)
+        if entry.ceiling is not None and server.lake_connection is not None:
+            print(f"{RAW}: {entry.name}, the same files through the Azure SDK alone")
+            results.setdefault(RAW, []).extend(entry.ceiling(server.lake_connection, corpus))
     return results
 
 
@@ -84,8 +93,8 @@ def run(
                     try:
                         server = stack.enter_context(LAUNCHERS[name](data))
                         outcome.versions[name] = server.version
-                        results = measure(server, corpus, scenarios)
-                        outcome.rounds.setdefault(name, []).append(results)
+                        for measured, results in measure(server, corpus, scenarios).items():
+                            outcome.rounds.setdefault(measured, []).append(results)
                     except (BenchmarkError, httpx.HTTPError) as error:
                         outcome.errors[name] = f"{type(error).__name__}: {error}"
                         print(f"{name}: {outcome.errors[name]}")

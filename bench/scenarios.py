@@ -5,6 +5,12 @@ A scenario is a function ``(base_url, corpus) -> list[Result]`` registered with
 at a time, after the corpus has been stored into it (by the ``stow`` scenario, which
 always runs first). Adding a scenario is a function, the decorator, and, for a new
 module, one line in ``MODULES``.
+
+A scenario may also have a raw-storage ceiling, registered with ``@ceiling("name")``:
+a function ``(connection_string, corpus) -> list[Result]`` that does, with the Azure
+SDK alone, the storage operations the scenario cannot do without, on the files our
+server stored (the same storage, right after the scenario ran against us). Its results
+carry the scenario's result names, so the report prints them side by side.
 """
 
 from __future__ import annotations
@@ -12,11 +18,11 @@ from __future__ import annotations
 import importlib
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bench.corpus import Corpus
 
-MODULES = ("bench.stow", "bench.search", "bench.retrieve", "bench.extended")
+MODULES = ("bench.stow", "bench.search", "bench.retrieve", "bench.extended", "bench.viewer")
 """Modules holding scenarios, in the order they run; ``bench.stow`` must stay first."""
 
 
@@ -37,6 +43,8 @@ class Result:
 
 
 ScenarioFunction = Callable[[str, Corpus], list[Result]]
+CeilingFunction = Callable[[str, Corpus], list[Result]]
+"""``(connection string of our storage, corpus) -> results`` of the raw storage operations."""
 
 
 @dataclass(frozen=True)
@@ -44,18 +52,34 @@ class Scenario:
     name: str
     description: str
     run: ScenarioFunction
+    ceiling: CeilingFunction | None = None
+    optional: bool = False
+    """Run only when named in ``--scenarios`` (a slow one)."""
 
 
 _REGISTRY: dict[str, Scenario] = {}
 
 
-def scenario(name: str) -> Callable[[ScenarioFunction], ScenarioFunction]:
+def scenario(name: str, *, optional: bool = False) -> Callable[[ScenarioFunction], ScenarioFunction]:
     """Register the decorated function as scenario ``name``; its docstring describes it."""
 
     def register(function: ScenarioFunction) -> ScenarioFunction:
         if name in _REGISTRY:
             raise ValueError(f"scenario {name!r} is registered twice")
-        _REGISTRY[name] = Scenario(name, (function.__doc__ or "").strip().splitlines()[0], function)
+        description = (function.__doc__ or "").strip().splitlines()[0]
+        _REGISTRY[name] = Scenario(name, description, function, optional=optional)
+        return function
+
+    return register
+
+
+def ceiling(name: str) -> Callable[[CeilingFunction], CeilingFunction]:
+    """Register the decorated function as the raw-storage ceiling of scenario ``name`` (registered before it)."""
+
+    def register(function: CeilingFunction) -> CeilingFunction:
+        if _REGISTRY[name].ceiling is not None:
+            raise ValueError(f"scenario {name!r} has two ceilings")
+        _REGISTRY[name] = replace(_REGISTRY[name], ceiling=function)
         return function
 
     return register

@@ -11,19 +11,23 @@ import collections
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import httpx
+from azure.core.exceptions import ResourceNotFoundError
 from tqdm import tqdm
 
+from bench.ceiling import RawStorage, bounded, measure
 from bench.client import client
 from bench.corpus import Corpus, Series
 from bench.process import BenchmarkError
-from bench.scenarios import Result, latency, scenario, throughput
+from bench.scenarios import Result, ceiling, latency, scenario, throughput
 
 CHUNK = 1 << 20
 REFERENCED_SOP_SEQUENCE = "00081199"
 FAILED_SOP_SEQUENCE = "00081198"
+CEILING_CONTAINER = "bench-ceiling-uploads"  # beside our file system, removed afterwards
 
 
 def multipart_body(paths: list[Path], boundary: str) -> tuple[int, Iterator[bytes]]:
@@ -100,3 +104,25 @@ def stow(base_url: str, corpus: Corpus) -> list[Result]:
             [seconds for size, seconds in durations if size == typical],
         ),
     ]
+
+
+@ceiling("stow")
+def stow_raw(storage: str, corpus: Corpus) -> list[Result]:
+    """Uploads of the corpus files as blobs (one Put Blob each), CONCURRENCY at a time, into a scratch container."""
+    files = [corpus.path(instance) for _, series in corpus.series() for instance in series.instances]
+
+    async def run(raw: RawStorage) -> Result:
+        scratch = raw.blobs.get_container_client(CEILING_CONTAINER)
+        await scratch.create_container()
+        try:
+            started = time.perf_counter()
+            await bounded(scratch.upload_blob(f"{number}.dcm", path.read_bytes()) for number, path in enumerate(files))
+            elapsed = time.perf_counter() - started
+        finally:
+            with suppress(ResourceNotFoundError):
+                await scratch.delete_container()
+        return throughput(
+            "STOW-RS, one series per request", len(files), elapsed, megabytes_per_second=round(corpus.size / elapsed / 1e6, 2)
+        )
+
+    return [measure(storage, run)]

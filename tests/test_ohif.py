@@ -1,26 +1,18 @@
 """The OHIF Viewer shows a stored CT study in a real browser.
 
-The viewer is the built ``dist/`` of the npm package ``@ohif/app`` (fetched by scripts/setup.sh into
-``node_modules/.ohif-app``), served by a small static server in this test with an ``app-config.js`` whose
-DICOMweb data source is the service, started as the README starts it with ``DICOM_CORS_ORIGINS`` set to the
-viewer's origin. ``tests/browser/ohif.mjs`` drives Debian's Chromium through playwright-core: study list,
-study, Basic Viewer, and waits until the viewport shows the image. The screenshots and the browser log stay in
-``test-artifacts/ohif/``.
+The viewer (the built ``@ohif/app``) is served by bench/ohif.py, as for the benchmark's viewer scenario, with
+an ``app-config.js`` whose DICOMweb data source is the service, started as the README starts it with
+``DICOM_CORS_ORIGINS`` set to the viewer's origin. ``bench/ohif.mjs`` drives Debian's Chromium through
+playwright-core: study list, study, Basic Viewer, and waits until the viewport shows the image. The
+screenshots and the browser log stay in ``test-artifacts/ohif/``.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 import subprocess
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
-from urllib.parse import urlsplit
 
 import httpx
 import numpy
@@ -28,15 +20,13 @@ import pytest
 from PIL import Image
 from pydicom.uid import generate_uid
 
+from bench.ohif import CHROMIUM, DRIVER, VIEWER_DIST, app_config, viewer_server
 from dicom_core.local.azurite import REPOSITORY_ROOT
 from dicom_core.settings import Settings
 from tests.dicom_files import multipart, new_instance, stow_headers
 from tests.environments import ARTIFACTS
 from tests.server import running_server
 
-VIEWER_DIST = REPOSITORY_ROOT / "node_modules" / ".ohif-app" / "dist"
-DRIVER = REPOSITORY_ROOT / "tests" / "browser" / "ohif.mjs"
-CHROMIUM = Path("/usr/bin/chromium")
 SLICES = 8
 STUDY_DESCRIPTION = "OHIF browser test"
 DRIVER_TIMEOUT_SECONDS = 330  # above the sum of the driver's own step timeouts
@@ -44,90 +34,6 @@ DRIVER_TIMEOUT_SECONDS = 330  # above the sum of the driver's own step timeouts
 BRIGHT_LUMINANCE = 40
 MIN_BRIGHT_FRACTION = 0.2
 MIN_STDDEV = 20.0
-
-
-def app_config(dicomweb_root: str) -> str:
-    """The viewer's app-config.js: one DICOMweb data source, the service (the README shows the same)."""
-    data_source = {
-        "namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
-        "sourceName": "dicomweb",
-        "configuration": {
-            "friendlyName": "DICOMweb on the data lake",
-            "name": "lake",
-            "wadoUriRoot": dicomweb_root,
-            "qidoRoot": dicomweb_root,
-            "wadoRoot": dicomweb_root,
-            "qidoSupportsIncludeField": True,
-            "supportsFuzzyMatching": True,
-            "supportsWildcard": True,
-            "imageRendering": "wadors",
-            "thumbnailRendering": "wadors",
-            "enableStudyLazyLoad": True,
-            "omitQuotationForMultipartRequest": True,
-            "bulkDataURI": {"enabled": True},
-        },
-    }
-    config = {
-        "routerBasename": "/",
-        "showStudyList": True,
-        "extensions": [],
-        "modes": [],
-        "customizationService": {},
-        "investigationalUseDialog": {"option": "never"},
-        "showWarningMessageForCrossOrigin": False,
-        "showCPUFallbackMessage": False,
-        "showLoadingIndicator": True,
-        "maxNumberOfWebWorkers": 2,
-        "defaultDataSourceName": "dicomweb",
-        "dataSources": [data_source],
-    }
-    return f"window.config = {json.dumps(config, indent=2)};\n"
-
-
-class ViewerServer(ThreadingHTTPServer):
-    """A static server of the built viewer, with the app-config.js set once the service's URL is known."""
-
-    app_config: bytes = b""
-
-
-class ViewerHandler(SimpleHTTPRequestHandler):
-    """Serves the built viewer; unknown paths get index.html (the viewer routes in the page)."""
-
-    server: ViewerServer
-    extensions_map: ClassVar[dict[str, str]] = {
-        **SimpleHTTPRequestHandler.extensions_map,
-        ".wasm": "application/wasm",
-        ".js": "text/javascript",
-    }
-
-    def do_GET(self) -> None:
-        path = urlsplit(self.path).path
-        if path == "/app-config.js":
-            self.send_response(200)
-            self.send_header("Content-Type", "text/javascript")
-            self.send_header("Content-Length", str(len(self.server.app_config)))
-            self.end_headers()
-            self.wfile.write(self.server.app_config)
-            return
-        if not Path(self.translate_path(path)).is_file():
-            self.path = "/index.html"
-        super().do_GET()
-
-    def log_message(self, format: str, *args) -> None:
-        """Quiet: the browser log in test-artifacts records what the page asked for."""
-
-
-@contextmanager
-def viewer_server() -> Iterator[tuple[str, ViewerServer]]:
-    """Serve the OHIF Viewer on a free loopback port; yield its origin and the server."""
-    server = ViewerServer(("127.0.0.1", 0), functools.partial(ViewerHandler, directory=str(VIEWER_DIST)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def store_ct_series(url: str) -> None:

@@ -5,18 +5,25 @@ from __future__ import annotations
 import io
 import secrets
 import zipfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import httpx
 import pydicom
 import pytest
 from dicomweb_client import DICOMwebClient
 from PIL import Image
 from pydicom.uid import generate_uid
 
+from dicom_core.http.app import create_app
 from dicom_core.http.media_types import MediaType
 from dicom_core.operations.retrieve import instances as retrieve_operation
 from dicom_core.operations.retrieve import streams as retrieve_streams
+from dicom_core.services import Services
+from dicom_core.settings import Settings
+from dicom_core.storage import index as index_module
 from dicom_core.storage.layout import InstanceKey, Scope
-from tests.dicom_files import file_bytes, new_instance, preamble_zeroed
+from tests.dicom_files import file_bytes, multipart, new_instance, preamble_zeroed, stow_headers
 from tests.retrieve_helpers import EXPLICIT_LITTLE, bulk_data_uris, instance_url, split_multipart, store, uids
 from tests.server import running_server
 
@@ -148,6 +155,118 @@ async def test_file_changed_or_removed_outside_the_api_is_reported_and_flagged(c
     for data, reason in ((changed, "modified"), (removed, "removed")):
         entity = await services.index.get_instance(_key(data))
         assert reason in entity.reconciliation_needed
+
+
+FRAMES = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+
+
+@asynccontextmanager
+async def _another_host(settings: Settings) -> AsyncIterator[tuple[Services, httpx.AsyncClient]]:
+    """A second process over the same storage: its own services, so its own cache of instance records."""
+    services = await Services.open(settings)
+    try:
+        transport = httpx.ASGITransport(app=create_app(settings, services))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield services, client
+    finally:
+        await services.close()
+
+
+async def _costs(services: Services, client: httpx.AsyncClient, url: str, accept: str) -> tuple[httpx.Response, int, int]:
+    """The answer to GET ``url``, and the index and lake requests it cost."""
+    services.statistics.reset()
+    response = await client.get(url, headers={"Accept": accept})
+    return response, services.statistics.requests, services.statistics.lake_requests
+
+
+async def test_a_known_instance_or_frame_costs_one_lake_request_and_no_index_request(client, settings):
+    study, series, instances = await _series(client, 3)
+    async with _another_host(settings) as (host, other):
+        for data, suffix, accept in ((instances[0], "", AS_STORED), (instances[1], "/frames/1", FRAMES)):
+            url = instance_url(data) + suffix
+            # The host has not seen it: one point read of the index, then one read of the file.
+            response, index_requests, lake_requests = await _costs(host, other, url, accept)
+            assert response.status_code == 200 and (index_requests, lake_requests) == (1, 1)
+            # Now the path and the ETag are known: the file alone, read on the condition that it still has that ETag.
+            response, index_requests, lake_requests = await _costs(host, other, url, accept)
+            assert response.status_code == 200 and (index_requests, lake_requests) == (0, 1)
+            assert host.statistics.entities_read == 0
+            [(_, content)] = split_multipart(response)
+            assert content == (preamble_zeroed(data) if not suffix else pydicom.dcmread(io.BytesIO(data)).PixelData)
+        # The series metadata a viewer reads first makes every instance of the series known.
+        assert (await other.get(f"/v2/studies/{study}/series/{series}/metadata")).status_code == 200
+        response, index_requests, lake_requests = await _costs(host, other, f"{instance_url(instances[2])}/frames/1", FRAMES)
+        assert response.status_code == 200 and (index_requests, lake_requests) == (0, 1)
+
+
+async def test_the_cache_keeps_the_records_read_last_within_its_size(client, settings, monkeypatch):
+    _, _, instances = await _series(client, 3)
+    monkeypatch.setattr(index_module, "INSTANCE_CACHE_BYTES", 5000)  # two single-frame records
+    async with _another_host(settings) as (host, other):
+        for data in instances:
+            assert (await other.get(instance_url(data), headers={"Accept": AS_STORED})).status_code == 200
+        for data, expected in ((instances[2], (0, 1)), (instances[1], (0, 1)), (instances[0], (1, 1))):
+            response, index_requests, lake_requests = await _costs(host, other, instance_url(data), AS_STORED)
+            assert response.status_code == 200 and (index_requests, lake_requests) == expected
+
+
+async def test_a_cached_record_is_read_again_when_another_host_replaced_or_deleted_the_instance(client, settings):
+    study, series, [data] = await _series(client, 1)
+    url = instance_url(data)
+
+    async def replace(template: str, **attributes) -> bytes:
+        """PUT, through the first host, another file under the same UIDs."""
+        replacement = new_instance(study=study, series=series, sop=uids(data)[2], template=template, **attributes)
+        body, boundary = multipart([replacement])
+        assert (await client.put("/v2/studies", content=body, headers=stow_headers(boundary))).status_code == 200
+        return replacement
+
+    async with _another_host(settings) as (host, other):
+        assert (await other.get(url, headers={"Accept": AS_STORED})).status_code == 200  # cached: CT_small, 1 frame
+
+        # Frame 2 does not exist in the cached record; decided again on a fresh one (10 frames), it does.
+        replacement = await replace("emri_small.dcm")
+        response, index_requests, lake_requests = await _costs(host, other, f"{url}/frames/2", FRAMES)
+        assert response.status_code == 200 and (index_requests, lake_requests) == (1, 1)
+        pixels = pydicom.dcmread(io.BytesIO(replacement)).PixelData
+        assert split_multipart(response)[0][1] == pixels[len(pixels) // 10 : 2 * len(pixels) // 10]
+
+        # The cached ETag is no longer the file's: the read fails, the index is read again, the new file is read.
+        replacement = await replace("CT_small.dcm", PatientID="PAT-2")
+        response, index_requests, lake_requests = await _costs(host, other, url, AS_STORED)
+        assert response.status_code == 200 and (index_requests, lake_requests) == (1, 2)
+        assert split_multipart(response)[0][1] == preamble_zeroed(replacement)
+
+        # Deleted: the conditional read finds no file, and the index says the instance is not stored (nothing flagged).
+        assert (await client.delete(url)).status_code == 204
+        for suffix, accept in (("/frames/1", FRAMES), ("", AS_STORED)):
+            response = await other.get(url + suffix, headers={"Accept": accept})
+            assert response.status_code == 404 and "is not stored" in response.json()["message"]
+
+
+async def test_metadata_and_single_retrieves_cost_the_same_at_ten_times_the_archive(client, settings):
+    study, series, instances = await _series(client, 3)
+    urls = [
+        (f"/v2/studies/{study}/series/{series}/metadata", "application/dicom+json"),
+        (f"/v2/studies/{study}/metadata", "application/dicom+json"),
+        (instance_url(instances[0]), AS_STORED),
+        (f"{instance_url(instances[1])}/frames/1", FRAMES),
+    ]
+
+    async def costs() -> list[tuple[int, int, int]]:
+        async with _another_host(settings) as (host, other):  # nothing cached: what any host pays first
+            measured = []
+            for url, accept in urls:
+                response, index_requests, lake_requests = await _costs(host, other, url, accept)
+                assert response.status_code == 200, response.text
+                measured.append((index_requests, host.statistics.entities_read, lake_requests))
+            return measured
+
+    small = await costs()
+    await store(client, [new_instance() for _ in range(30)])  # 31 times the studies, 11 times the instances
+    assert await costs() == small
+    # One key range each for the metadata; the instance and the frame are then known: one lake read each.
+    assert small == [(1, 3, 0), (1, 3, 0), (0, 0, 1), (0, 0, 1)]
 
 
 async def test_archive_tier_says_how_to_rehydrate(client, services):

@@ -121,11 +121,14 @@ async def get_frames(request: Request) -> Response:
     key = _instance_key(request)
     services = await services_for(request)
     numbers = _frame_numbers(request.path_params["frames"], services.settings.limits.max_frames_per_request)
-    instance = await find_instance(services, key)
-    choice = negotiate(request.headers.get("accept"), _frame_offers(instance.transfer_syntax))
-    part_type = choice.offer.part_type or NATIVE_MEDIA_TYPE
-    parts = await retrieve_frames(services, instance, numbers, FrameRendition(part_type, choice.transfer_syntax or AS_STORED))
-    return multipart_response(parts, part_type)
+    accept = request.headers.get("accept")
+
+    def rendition(stored_syntax: str) -> FrameRendition:
+        choice = negotiate(accept, _frame_offers(stored_syntax))
+        return FrameRendition(choice.offer.part_type or NATIVE_MEDIA_TYPE, choice.transfer_syntax or AS_STORED)
+
+    chosen, parts = await retrieve_frames(services, key, numbers, rendition)
+    return multipart_response(parts, chosen.media_type)
 
 
 # -- bulk data ---------------------------------------------------------------------------------

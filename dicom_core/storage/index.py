@@ -17,6 +17,12 @@ instances, modalities in study) live on the study and series entities; they are
 recounted from the entities below them after every store and delete, under ETag
 optimistic concurrency, so concurrent and repeated stores and deletes keep them
 exact (``refresh``). Callers see typed records (storage/records.py), never entities.
+
+The adapter also keeps the instance records it read lately, for the one kind
+of caller that may use them without asking the index again: a retrieve whose every lake
+read is conditional on the recorded ETag, and that decides any failure again on a fresh
+read (operations/retrieve/finding.py ``with_instance``). This process's own writes drop
+the record; another host's writes are caught by the ETag condition.
 """
 
 from __future__ import annotations
@@ -24,9 +30,9 @@ from __future__ import annotations
 import json
 import logging
 import zlib
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,6 +69,11 @@ _INSTANCE_SUMMARY = [
     "StoredAt",
 ]  # fmt: skip
 _INSTANCE_SWEEP = [*UID_COLUMNS, "Path", "ETag"]
+INSTANCE_CACHE_BYTES = 16 * 1024 * 1024
+"""About how much memory the instance records one process keeps may take (least recently used out first)."""
+# Estimated memory of a cached record (it has no DICOM JSON): its attributes, plus each (offset, length) of its frames.
+_RECORD_BYTES = 2048
+_FRAME_RANGE_BYTES = 128
 
 
 # -- encodings --------------------------------------------------------------------------------------
@@ -172,6 +183,48 @@ def _keys(level: Level, partition: str, path: tuple[str, ...]) -> tuple[str, str
     return instance_keys(InstanceKey(partition, study, rest[0], rest[1]))
 
 
+class _InstanceCache:
+    """An LRU map of instance keys to the records last read of them, bounded by their estimated size.
+
+    By size rather than count: a record of a file with thousands of frames holds thousands of ranges.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._used = 0
+        self._records: OrderedDict[InstanceKey, InstanceRecord] = OrderedDict()
+
+    def get(self, key: InstanceKey) -> InstanceRecord | None:
+        """The record marked ``cached``; marked here, on a hit, so that filling the cache costs no copy."""
+        record = self._records.get(key)
+        if record is None:
+            return None
+        self._records.move_to_end(key)
+        return replace(record, cached=True)
+
+    def put(self, record: InstanceRecord) -> None:
+        self.forget([record.key])
+        size = _cached_size(record)
+        if size > self._capacity:
+            return
+        # The DICOM JSON is the bulk of a record and no cached reader needs it.
+        self._records[record.key] = record if record.metadata_json is None else replace(record, metadata_json=None)
+        self._used += size
+        while self._used > self._capacity:
+            _, evicted = self._records.popitem(last=False)
+            self._used -= _cached_size(evicted)
+
+    def forget(self, keys: Iterable[InstanceKey]) -> None:
+        for key in keys:
+            record = self._records.pop(key, None)
+            if record is not None:
+                self._used -= _cached_size(record)
+
+
+def _cached_size(record: InstanceRecord) -> int:
+    return _RECORD_BYTES + _FRAME_RANGE_BYTES * sum(len(frame) for frame in record.frame_ranges or ())
+
+
 @dataclass(frozen=True)
 class PreparedInstance:
     """An instance record encoded once for a transaction; ``size`` bounds its encoded size on the wire."""
@@ -194,6 +247,7 @@ class Index:
         self._series = Table(service, f"{table_prefix}series")
         self._instances = Table(service, f"{table_prefix}instances")
         self.lookup = Lookup(service, table_prefix)
+        self._cached = _InstanceCache(INSTANCE_CACHE_BYTES)
 
     @property
     def _tables(self) -> dict[Level, TableClient]:
@@ -208,20 +262,34 @@ class Index:
 
     # -- instances ---------------------------------------------------------------------------
 
-    async def get_instance(self, key: InstanceKey) -> InstanceRecord | None:
+    async def get_instance(self, key: InstanceKey, *, cached: bool = False) -> InstanceRecord | None:
+        """The instance ``key`` by a point read, or None.
+
+        With ``cached``, a record this process read lately comes back without a request,
+        marked ``cached`` and without its DICOM JSON (see the module docstring for who may ask).
+        """
+        if cached and (record := self._cached.get(key)) is not None:
+            return record
         entity = await self._get(self._instances.client, *instance_keys(key))
-        return None if entity is None else _instance_record(entity)
+        if entity is None:
+            self._cached.forget([key])
+            return None
+        record = _instance_record(entity)
+        self._cached.put(record)
+        return record
 
     def prepare_instance(self, record: InstanceRecord) -> PreparedInstance:
         return PreparedInstance(record, _instance_entity(record))
 
     async def put_instance(self, record: InstanceRecord) -> None:
         """Create or replace one instance entity (counts follow from ``refresh``)."""
+        self._cached.forget([record.key])
         await self.lookup.put(instance_entries(record))  # first: an entity is never visible without its entries
         await self._instances.client.upsert_entity(_instance_entity(record), mode=UpdateMode.REPLACE)
 
     async def put_instances(self, prepared: list[PreparedInstance]) -> None:
         """Create or replace instance entities of one study in one transaction (at most 100, under 4 MiB)."""
+        self._cached.forget(item.record.key for item in prepared)
         await self.lookup.put(entry for item in prepared for entry in instance_entries(item.record))
         await self._instances.client.submit_transaction(
             [("upsert", item.entity, {"mode": UpdateMode.REPLACE}) for item in prepared]
@@ -327,10 +395,13 @@ class Index:
 
     async def delete_instance(self, key: InstanceKey) -> None:
         """Remove one instance entity (no error when it is gone already)."""
+        self._cached.forget([key])
         await self._instances.client.delete_entity(*instance_keys(key))
 
     async def delete_entry(self, level: Level, partition: str, path: tuple[str, ...]) -> None:
         """Remove the study, series or instance entity at UID ``path`` alone, counts and lookups untouched."""
+        if level == Level.INSTANCE:
+            self._cached.forget([InstanceKey(partition, *path)])
         await self._tables[level].delete_entity(*_keys(level, partition, path))
 
     async def flag_for_reconciliation(self, key: InstanceKey, reason: str) -> None:
@@ -339,6 +410,7 @@ class Index:
         ``ReconciliationNeeded`` holds the reason and ``ReconciliationFlaggedAt`` the time, merged
         into the entity, so that reconciliation can find and repair it; nothing else changes.
         """
+        self._cached.forget([key])
         partition_key, row_key = instance_keys(key)
         entity = {
             "PartitionKey": partition_key,
@@ -371,9 +443,7 @@ class Index:
 
     # -- searches (operations/search.py): point reads and key ranges --------------------------------
 
-    async def read(
-        self, level: Level, partition: str, path: tuple[str, ...], *, metadata: bool = False
-    ) -> LevelRecord | None:
+    async def read(self, level: Level, partition: str, path: tuple[str, ...], *, metadata: bool = False) -> LevelRecord | None:
         """The study, series or instance at UID ``path`` (study first) by a point read, or None."""
         entity = await self._get(self._tables[level], *_keys(level, partition, path), self._columns(level, metadata))
         return None if entity is None else _DECODERS[level](entity)
@@ -412,13 +482,23 @@ class Index:
     async def _pages(
         self, level: Level, query: str, parameters: dict, metadata: bool, page_size: int
     ) -> AsyncIterator[LevelRecord]:
-        pages = self._tables[level].query_entities(
-            query, parameters=parameters, select=self._columns(level, metadata), results_per_page=min(max(page_size, 1), _PAGE)
-        ).by_page()
+        pages = (
+            self._tables[level]
+            .query_entities(
+                query,
+                parameters=parameters,
+                select=self._columns(level, metadata),
+                results_per_page=min(max(page_size, 1), _PAGE),
+            )
+            .by_page()
+        )
         decode = _DECODERS[level]
         async for page in pages:
             async for entity in page:
-                yield decode(entity)
+                record = decode(entity)
+                if isinstance(record, InstanceRecord):
+                    self._cached.put(record)  # a viewer asks for the frames of the series it read the metadata of
+                yield record
 
     # -- counts ------------------------------------------------------------------------------
 

@@ -42,6 +42,9 @@ class InstanceRecord:
     version: str = ""
     reconciliation_needed: str | None = None
     """Why a retrieve found the file changed outside the API (set by ``Index.flag_for_reconciliation``)."""
+    cached: bool = False
+    """Served from this process's cache of instance records (``Index.get_instance(cached=True)``), not read
+    from the index for this request: only a read of the file conditional on ``etag`` proves it current."""
 
     @property
     def metadata(self) -> dict | None:

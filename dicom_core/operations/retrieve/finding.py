@@ -2,19 +2,48 @@
 
 from __future__ import annotations
 
-from dicom_core.errors import NotFound
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from dicom_core.errors import DicomServiceError, NotFound
+from dicom_core.operations.retrieve.reading import StaleRecord
 from dicom_core.services import Services
 from dicom_core.settings import DEFAULT_PARTITION
 from dicom_core.storage.layout import InstanceKey, Scope
 from dicom_core.storage.records import InstanceRecord
 
 
-async def find_instance(services: Services, key: InstanceKey) -> InstanceRecord:
-    """The instance ``key``; NotFound names the level (study, series, instance) that is missing."""
-    record = await services.index.get_instance(key)
+async def find_instance(services: Services, key: InstanceKey, *, cached: bool = False) -> InstanceRecord:
+    """The instance ``key``; NotFound names the level (study, series, instance) that is missing.
+
+    ``cached`` allows this process's cached record (only for ``with_instance``).
+    """
+    record = await services.index.get_instance(key, cached=cached)
     if record is None:
         raise await missing(services, Scope(key.partition, key.study, key.series, key.sop))
     return record
+
+
+T = TypeVar("T")
+
+
+async def with_instance(services: Services, key: InstanceKey, use: Callable[[InstanceRecord], Awaitable[T]]) -> T:
+    """``use`` of the instance ``key``, from this process's cached record when it has one.
+
+    ``use`` must read the file through reading.open_file before it returns, as a response's
+    first part does. That read is conditional on the cached ETag, so a file replaced or deleted
+    since cannot be served from a stale record, and a success needs no index read. Any failure
+    with a cached record (the lake contradicts it, or an error decided from its fields, such
+    as a frame number or a transfer syntax) is decided again on a fresh index read, so every
+    error is the one a fresh record gives.
+    """
+    record = await find_instance(services, key, cached=True)
+    try:
+        return await use(record)
+    except (StaleRecord, DicomServiceError):
+        if not record.cached:
+            raise
+        return await use(await find_instance(services, key))
 
 
 async def find_instances(services: Services, target: Scope, *, metadata: bool = False) -> list[InstanceRecord]:

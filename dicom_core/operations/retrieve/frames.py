@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
@@ -18,10 +18,12 @@ from dicom_core.dicom.frames import (
     stored_frames,
 )
 from dicom_core.errors import NotFound
+from dicom_core.operations.retrieve.finding import with_instance
 from dicom_core.operations.retrieve.instances import AS_STORED, Part, check_transfer_syntax
 from dicom_core.operations.retrieve.reading import read_dataset, read_header, read_ranges, require_pixel_data
 from dicom_core.operations.retrieve.streams import in_order, iterate, single, started
 from dicom_core.services import Services
+from dicom_core.storage.layout import InstanceKey
 from dicom_core.storage.records import InstanceRecord
 
 
@@ -51,6 +53,22 @@ def frames_as_stored(instance: InstanceRecord, transfer_syntax: str) -> bool:
 
 
 async def retrieve_frames(
+    services: Services, key: InstanceKey, numbers: list[int], negotiate: Callable[[str], FrameRendition]
+) -> tuple[FrameRendition, AsyncIterator[Part]]:
+    """Frames ``numbers`` of instance ``key``, in the rendition ``negotiate`` picks for its stored transfer syntax.
+
+    The instance may come from the cached record (finding.with_instance), so the rendition
+    is negotiated here, from the record the frames are read with.
+    """
+
+    async def use(instance: InstanceRecord) -> tuple[FrameRendition, AsyncIterator[Part]]:
+        rendition = negotiate(instance.transfer_syntax)
+        return rendition, await _frames(services, instance, numbers, rendition)
+
+    return await with_instance(services, key, use)
+
+
+async def _frames(
     services: Services, instance: InstanceRecord, numbers: list[int], rendition: FrameRendition
 ) -> AsyncIterator[Part]:
     """Frames ``numbers`` of ``instance`` in ``rendition``: as stored, or decoded to Explicit VR Little Endian."""

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from dicom_core.dicom.frames import EXPLICIT_VR_LITTLE_ENDIAN
 from dicom_core.dicom.transcode import can_transcode, to_explicit_vr_little_endian
 from dicom_core.errors import NotAcceptable
-from dicom_core.operations.retrieve.finding import find_instances
+from dicom_core.operations.retrieve.finding import find_instances, with_instance
 from dicom_core.operations.retrieve.reading import open_file, read
 from dicom_core.operations.retrieve.streams import in_order, single, started
 from dicom_core.services import Services
-from dicom_core.storage.layout import Scope
+from dicom_core.storage.layout import InstanceKey, Scope
 from dicom_core.storage.records import InstanceRecord
 
 AS_STORED = "*"
@@ -53,8 +53,15 @@ async def retrieve_instances(services: Services, target: Scope, transfer_syntax:
 
     The first file is opened before this returns, so that a failure to read it
     (removed, modified, archived) is the response's status, not a broken stream.
+    One instance may come from the cached record (finding.with_instance).
     """
-    instances = await find_instances(services, target)
+    if target.sop is not None and target.series is not None:
+        key = InstanceKey(target.partition, target.study, target.series, target.sop)
+        return await with_instance(services, key, lambda instance: _started([instance], services, transfer_syntax))
+    return await _started(await find_instances(services, target), services, transfer_syntax)
+
+
+async def _started(instances: list[InstanceRecord], services: Services, transfer_syntax: str) -> AsyncIterator[Part]:
     check_transfer_syntax(instances, transfer_syntax)
     return await started(in_order(instances, lambda instance: _open_instance(services, instance, transfer_syntax)))
 

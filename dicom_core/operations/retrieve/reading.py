@@ -16,7 +16,7 @@ from azure.core.exceptions import HttpResponseError, ResourceModifiedError
 from pydicom.dataset import Dataset
 
 from dicom_core.dicom.parse import pydicom_lock
-from dicom_core.errors import Conflict, NotFound
+from dicom_core.errors import Conflict, DicomServiceError, NotFound
 from dicom_core.operations.retrieve.streams import prepend
 from dicom_core.services import Services
 from dicom_core.storage.lake import FileMissing
@@ -26,30 +26,23 @@ FILE_REMOVED = "file removed from the lake outside the API"
 FILE_CHANGED = "file modified in the lake outside the API"
 
 
+class StaleRecord(Exception):
+    """A cached record that the lake contradicts: decide again on a fresh index read (finding.with_instance)."""
+
+
 async def open_file(
     services: Services, instance: InstanceRecord, offset: int = 0, length: int | None = None
 ) -> AsyncIterator[bytes]:
     """The bytes of the file (or of one range of it), its first block already read and checked."""
     chunks = services.lake.stream(instance.path, offset, length, etag=instance.etag)
     try:
-        try:
-            first = await anext(chunks, b"")
-        except ResourceModifiedError:
-            await services.lake.properties(instance.path)  # FileMissing when it is gone rather than rewritten
-            raise
-    except FileMissing:
-        await services.index.flag_for_reconciliation(instance.key, FILE_REMOVED)
-        raise NotFound(
-            f"instance {instance.key.sop} is in the index but its file {instance.path} was removed from the lake "
-            "outside the API; the entry is flagged for reconciliation. Store the instance again to restore it"
-        ) from None
-    except ResourceModifiedError:
-        await services.index.flag_for_reconciliation(instance.key, FILE_CHANGED)
-        raise Conflict(
-            f"the file of instance {instance.key.sop} ({instance.path}) was modified in the lake outside the API after "
-            "it was stored, so it may no longer be that instance; the entry is flagged for reconciliation. Store the "
-            "instance again (PUT) to replace it"
-        ) from None
+        first = await anext(chunks, b"")
+    except (FileMissing, ResourceModifiedError) as error:
+        if instance.cached:
+            # Replaced or deleted through the API (maybe on another host) since it was cached, or
+            # changed outside it: only a fresh record tells which, and a fresh record is not flagged.
+            raise StaleRecord(instance.key) from None
+        raise await _changed_outside_the_api(services, instance, removed=isinstance(error, FileMissing)) from None
     except HttpResponseError as error:
         if getattr(error, "error_code", None) == "BlobArchived":
             raise Conflict(
@@ -60,6 +53,27 @@ async def open_file(
             ) from None
         raise
     return prepend(first, chunks)
+
+
+async def _changed_outside_the_api(services: Services, instance: InstanceRecord, *, removed: bool) -> DicomServiceError:
+    """The 404 or 409 for a file that no longer has the indexed ETag; its entry is flagged for reconciliation."""
+    if not removed:
+        try:
+            await services.lake.properties(instance.path)
+        except FileMissing:
+            removed = True  # gone rather than rewritten
+    if removed:
+        await services.index.flag_for_reconciliation(instance.key, FILE_REMOVED)
+        return NotFound(
+            f"instance {instance.key.sop} is in the index but its file {instance.path} was removed from the lake "
+            "outside the API; the entry is flagged for reconciliation. Store the instance again to restore it"
+        )
+    await services.index.flag_for_reconciliation(instance.key, FILE_CHANGED)
+    return Conflict(
+        f"the file of instance {instance.key.sop} ({instance.path}) was modified in the lake outside the API after "
+        "it was stored, so it may no longer be that instance; the entry is flagged for reconciliation. Store the "
+        "instance again (PUT) to replace it"
+    )
 
 
 async def read(services: Services, instance: InstanceRecord, offset: int = 0, length: int | None = None) -> bytes:
