@@ -59,7 +59,8 @@ def _listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _wait_until_closed(port: int, seconds: float = 20) -> bool:
+def _wait_until_closed(port: int, seconds: float = 60) -> bool:
+    # Generous: Azurite saves its metadata when it stops, which takes long on a loaded machine.
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if not _listening(port):
