@@ -81,7 +81,8 @@ def serve(arguments: argparse.Namespace) -> int:
             # uvicorn.run takes only an import string with workers, which would leave the
             # workers to read the settings from the environment; a factory bound to these
             # settings travels to each spawned worker with the configuration instead.
-            config = uvicorn.Config(functools.partial(worker_app, settings), factory=True, workers=arguments.workers, **options)
+            app_of_worker = functools.partial(worker_app, settings, os.getpid())
+            config = uvicorn.Config(app_of_worker, factory=True, workers=arguments.workers, **options)
             Multiprocess(config, sockets=[config.bind_socket()]).run()
     finally:
         if emulator is not None:

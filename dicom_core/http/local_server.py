@@ -18,6 +18,7 @@ a request reaches the app, so this protocol and DICOM_MAX_HEADER_BYTES apply to
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from typing import Any
 
@@ -95,14 +96,17 @@ def uvicorn_options(limits: Limits) -> dict[str, Any]:
     return {"http": BoundedHeadProtocol, "h11_max_incomplete_event_size": limits.max_header_bytes}
 
 
-def worker_app(settings: Settings) -> Starlette:
+def worker_app(settings: Settings, serve_pid: int) -> Starlette:
     """The app of one worker process of ``serve --workers``, built in that process.
 
     uvicorn spawns its workers, so ``settings`` reach them pickled with the server's
     configuration, never through the environment, and logging is set up again here. A
-    worker stops when serve dies, SIGKILL included, instead of keeping the port.
+    worker stops when serve (process ``serve_pid``) dies, SIGKILL included, instead of
+    keeping the port; a worker that starts after serve died already exits at once.
     """
     if sys.platform == "linux":
         stop_with_parent()
+    if os.getppid() != serve_pid:
+        raise SystemExit("serve stopped before this worker started")
     configure_logging()
     return create_app(settings)
