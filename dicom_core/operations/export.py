@@ -2,8 +2,8 @@
 
 POST /v2/export names the identifiers and the destination; ``start_export`` checks the body
 and starts an operation of type ``export`` (operations/jobs.py). Its handler, ``ExportJob``,
-takes one identifier at a time: it expands it to instances by key range in the index, then
-copies at most a batch of them per step, server-side, with bounded concurrency, to
+expands identifiers to instances by key range in the index, in order, and copies at most a
+batch of instances (of one identifier or of several) per step, server-side, with bounded concurrency, to
 ``{operationId}/results/{study}/{series}/{sop}.dcm``. The checkpoint is the identifier and the
 last instance copied, with the counts. A step redone after a crash lists what its batch
 already put in the destination and does not copy a file again whose size matches.
@@ -130,7 +130,7 @@ def _error_line(identifier: str, error: str) -> bytes:
 
 
 class ExportJob:
-    """Copy one batch of one identifier's instances per step."""
+    """Copy one batch of instances per step, of one identifier or of several."""
 
     async def step(self, services: Services, operation: OperationRecord) -> Progress:
         identifiers = operation.parameters["identifiers"]
@@ -152,28 +152,37 @@ class ExportJob:
             results = {"exported": 0, "skipped": 0, "errorHref": destination.url_of(log)}
             checkpoint = {"next": 0, "after": None, "results": results}
         position, after, results = checkpoint["next"], checkpoint["after"], dict(checkpoint["results"])
-        uids = identifiers[position]
-        pending = await _instances(services, operation.parameters["partition"], uids)
-        if after is not None:
-            pending = [record for record in pending if (record.key.series, record.key.sop) > tuple(after)]
-        batch = pending[: services.settings.jobs.batch_size]
+        room = services.settings.jobs.batch_size
+        groups: list[tuple[list[str], list[InstanceRecord]]] = []
         errors: list[bytes] = []
-        if not pending and after is None:
-            errors.append(_error_line("/".join(uids), "not found"))
-            results["skipped"] += 1
-        copied, failures = await _copy(services, destination, operation.id, uids, batch)
-        errors += failures
-        results["exported"] += copied
-        results["skipped"] += len(failures)
+        # Instances of as many identifiers as fill one batch: copies of small studies run together.
+        while room and position < len(identifiers):
+            uids = identifiers[position]
+            pending = await _instances(services, operation.parameters["partition"], uids)
+            if after is not None:
+                pending = [record for record in pending if (record.key.series, record.key.sop) > tuple(after)]
+            elif not pending:
+                errors.append(_error_line("/".join(uids), "not found"))
+                results["skipped"] += 1
+            batch = pending[:room]
+            groups.append((uids, batch))
+            room -= len(batch)
+            if len(pending) > len(batch):
+                after = [batch[-1].key.series, batch[-1].key.sop]
+            else:
+                position, after = position + 1, None
+        slots = asyncio.Semaphore(_COPIES_IN_FLIGHT)  # for the whole step, whatever the number of identifiers
+        outcomes = await asyncio.gather(
+            *(_copy(services, destination, operation.id, uids, batch, slots) for uids, batch in groups)
+        )
+        for copied, failures in outcomes:
+            errors += failures
+            results["exported"] += copied
+            results["skipped"] += len(failures)
         if errors:
             await destination.append(log, b"".join(errors))
-        if len(pending) > len(batch):
-            last = batch[-1].key
-            checkpoint = {"next": position, "after": [last.series, last.sop], "results": results}
-        else:
-            checkpoint = {"next": position + 1, "after": None, "results": results}
-        finished = checkpoint["next"] == len(identifiers)
-        return Progress(checkpoint, checkpoint["next"], len(identifiers), finished=finished)
+        checkpoint = {"next": position, "after": after, "results": results}
+        return Progress(checkpoint, position, len(identifiers), finished=position == len(identifiers))
 
     async def completed(self, services: Services, operation: OperationRecord) -> None:
         """Nothing to do: every file is in place when its step ends."""
@@ -189,7 +198,12 @@ async def _instances(services: Services, partition: str, uids: list[str]) -> lis
 
 
 async def _copy(
-    services: Services, destination: ExportDestination, operation_id: str, uids: list[str], batch: list[InstanceRecord]
+    services: Services,
+    destination: ExportDestination,
+    operation_id: str,
+    uids: list[str],
+    batch: list[InstanceRecord],
+    slots: asyncio.Semaphore,
 ) -> tuple[int, list[bytes]]:
     """Copy ``batch`` (the files not there already); how many are in place, and the error lines of the others."""
     if not batch:
@@ -199,7 +213,6 @@ async def _copy(
     present = await destination.sizes(f"{operation_id}/results/{'/'.join(uids[:2])}/")
     todo = [(name, record) for name, record in zip(names, batch, strict=True) if present.get(name) != record.size]
     sources = await services.lake.readable_urls([record.path for _, record in todo], _SOURCE_SAS_LIFETIME)
-    slots = asyncio.Semaphore(_COPIES_IN_FLIGHT)
 
     async def copy(name: str, record: InstanceRecord, source: str) -> bytes | None:
         async with slots:
