@@ -211,3 +211,27 @@ async def test_a_body_that_cannot_be_exported_is_refused_saying_why(client, serv
     assert response.status_code == 400, response.text
     assert words in response.text and "sig=abc" not in response.text
     assert await services.operations.pending() == []
+
+
+async def test_a_file_that_cannot_be_copied_is_a_line_of_errors_log_and_the_rest_is_exported(
+    client, services, settings, azurite_server, destination
+):
+    await store(client, [new_instance(study="1.6.1", series="1.6.1.1", sop=f"1.6.1.1.{n}") for n in range(1, 4)])
+    await store(client, [new_instance(study="1.6.2", series="1.6.2.1", sop="1.6.2.1.1")])
+    lost = services.layout.instance_path(InstanceKey(DEFAULT, "1.6.1", "1.6.1.1", "1.6.1.1.2"))
+    assert await services.lake.delete(lost)  # indexed, but its file is gone
+    operation_id = await start(client, export_body(["1.6.1", "1.6.2"], container_url(azurite_server, destination.container_name)))
+    worker = await Services.open(fresh(settings, batch_size=2))  # the first step ends inside 1.6.1
+    try:
+        assert await run_operations(worker, owner="exporter") == 1
+    finally:
+        await worker.close()
+    state = await operation(client, operation_id)
+    assert state["results"]["exported"] == 3 and state["results"]["skipped"] == 1
+    [line] = await error_lines(destination, operation_id)
+    assert line["Identifier"] == "1.6.1/1.6.1.1/1.6.1.1.2" and "source file is missing" in line["Error"]
+    assert sorted(await arrived(destination, f"{operation_id}/results/")) == [
+        f"{operation_id}/results/1.6.1/1.6.1.1/1.6.1.1.1.dcm",
+        f"{operation_id}/results/1.6.1/1.6.1.1/1.6.1.1.3.dcm",
+        f"{operation_id}/results/1.6.2/1.6.2.1/1.6.2.1.1.dcm",
+    ]
