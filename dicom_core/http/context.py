@@ -67,15 +67,20 @@ def scope_of(request: Request) -> Scope:
     )
 
 
-def base_url(request: Request) -> str:
-    """The URL prefix of this partition's resources, as the client sees it (…/v2 or …/v2/partitions/P)."""
+def root_url(request: Request) -> str:
+    """The URL prefix of the service's own resources (operations, tags), as the client sees it: …/v2."""
     scheme = request.headers.get("x-forwarded-proto") or request.url.scheme
     host = request.headers.get("x-forwarded-host") or request.headers.get("host") or request.url.netloc
     server = request.scope.get("server")
     if host in _LOOPBACK_NAMES and server and server[1] not in (80, 443):
         # dicomweb-client sends "Host: 127.0.0.1" without the port; locally the socket knows it.
         host = f"{host}:{server[1]}"
-    prefix = f"{scheme}://{host}/v2"
+    return f"{scheme}://{host}/v2"
+
+
+def base_url(request: Request) -> str:
+    """The URL prefix of this partition's resources, as the client sees it (…/v2 or …/v2/partitions/P)."""
+    prefix = root_url(request)
     if "partition" in request.path_params:
         prefix += f"/partitions/{partition_of(request)}"
     return prefix

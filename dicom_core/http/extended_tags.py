@@ -26,7 +26,7 @@ _RESPONSE_TYPES = ["application/json"]
 _MAX_BODY = 1024 * 1024  # 128 tags take a few KiB
 
 
-async def _json_body(request: Request) -> object:
+async def json_body(request: Request) -> object:
     """The request body as JSON (``application/json``), at most 1 MiB; 400, 413 or 415 say what is wrong."""
     content_type = request.headers.get("content-type")
     if content_type is None or MediaType.parse(content_type).type != "application/json":
@@ -38,7 +38,7 @@ async def _json_body(request: Request) -> object:
         raise BadRequest("the body is not valid JSON") from None
 
 
-def _json(document: object, request: Request, status: int = 200) -> Response:
+def json_response(document: object, request: Request, status: int = 200) -> Response:
     media_type = choose(request.headers.get("accept"), _RESPONSE_TYPES)
     return Response(json.dumps(document, separators=(",", ":")).encode(), status_code=status, media_type=media_type)
 
@@ -54,24 +54,25 @@ def _page(request: Request, maximum: int) -> tuple[int, int]:
 async def add_tags(request: Request) -> Response:
     choose(request.headers.get("accept"), _RESPONSE_TYPES)
     services = await services_for(request)
-    operation = await extended_tags.add_tags(services, await _json_body(request))
-    return _json({"id": operation.id, "href": f"{base_url(request)}/operations/{operation.id}"}, request, 202)
+    operation = await extended_tags.add_tags(services, await json_body(request))
+    return json_response({"id": operation.id, "href": f"{base_url(request)}/operations/{operation.id}"}, request, 202)
 
 
 async def list_tags(request: Request) -> Response:
     limit, offset = _page(request, extended_tags.MAX_PAGE)
-    return _json(await extended_tags.list_tags(await services_for(request), limit, offset, base_url(request)), request)
+    return json_response(await extended_tags.list_tags(await services_for(request), limit, offset, base_url(request)), request)
 
 
 async def get_tag(request: Request) -> Response:
-    return _json(await extended_tags.get_tag(await services_for(request), request.path_params["tag"], base_url(request)), request)
+    tag = await extended_tags.get_tag(await services_for(request), request.path_params["tag"], base_url(request))
+    return json_response(tag, request)
 
 
 async def update_tag(request: Request) -> Response:
     choose(request.headers.get("accept"), _RESPONSE_TYPES)
     services = await services_for(request)
-    body = await _json_body(request)
-    return _json(await extended_tags.update_tag(services, request.path_params["tag"], body, base_url(request)), request)
+    body = await json_body(request)
+    return json_response(await extended_tags.update_tag(services, request.path_params["tag"], body, base_url(request)), request)
 
 
 async def delete_tag(request: Request) -> Response:
@@ -82,7 +83,7 @@ async def delete_tag(request: Request) -> Response:
 async def tag_errors(request: Request) -> Response:
     limit, offset = _page(request, extended_tags.MAX_ERRORS_PAGE)
     errors = await extended_tags.tag_errors(await services_for(request), request.path_params["tag"], limit, offset)
-    return _json(errors, request)
+    return json_response(errors, request)
 
 
 async def get_operation(request: Request) -> Response:
@@ -91,11 +92,11 @@ async def get_operation(request: Request) -> Response:
     record = await services.operations.get(operation_id) if operation_id.isalnum() and len(operation_id) <= 64 else None
     if record is None:
         raise NotFound(f"operation {operation_id[:80]} is not known")
-    return _json(operation_json(record, base_url(request)), request)
+    return json_response(operation_json(record, base_url(request)), request)
 
 
 async def partitions(request: Request) -> Response:
-    return _json(await list_partitions(await services_for(request)), request)
+    return json_response(await list_partitions(await services_for(request)), request)
 
 
 ROUTES = [

@@ -6,7 +6,7 @@ register exactly these routes. Each feature module contributes its own list.
 
 from __future__ import annotations
 
-from dicom_core.http import changefeed, delete, extended_tags, health, retrieve, search, store, workitems
+from dicom_core.http import changefeed, delete, export, extended_tags, health, retrieve, search, store, workitems
 from dicom_core.http.routing import ExpandedRoute, Route
 
 FEATURE_ROUTES: list[Route] = [
@@ -18,6 +18,7 @@ FEATURE_ROUTES: list[Route] = [
     *health.ROUTES,
     *workitems.ROUTES,
     *extended_tags.ROUTES,
+    *export.ROUTES,
 ]
 
 

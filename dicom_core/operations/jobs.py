@@ -96,6 +96,8 @@ def operation_json(record: OperationRecord, base_url: str) -> dict:
     }
     if record.status == FAILED:
         body["errors"] = list(record.errors)
+    if record.checkpoint and "results" in record.checkpoint:  # a handler's public counts (export's)
+        body["results"] = record.checkpoint["results"]
     return body
 
 

@@ -19,12 +19,12 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import BinaryIO
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.storage.blob import ContentSettings
+from azure.storage.blob import BlobSasPermissions, ContentSettings, generate_blob_sas
 from azure.storage.blob.aio import BlobServiceClient
 from azure.storage.filedatalake.aio import DataLakeServiceClient
 
@@ -162,6 +162,30 @@ class Lake:
         except ResourceNotFoundError:
             return False
         return True
+
+    async def readable_urls(self, paths: list[str], valid_for: timedelta) -> list[str]:
+        """URLs of the files at ``paths`` with a read-only SAS valid for ``valid_for``: sources of server-side copies.
+
+        With an account key (a connection string, Azurite's included) the SAS is signed with it;
+        with a managed identity it is a user delegation SAS, signed with a key the identity gets
+        once for all ``paths`` (it needs Storage Blob Delegator, part of Blob Data Contributor).
+        """
+        now = datetime.now(UTC)
+        expiry = now + valid_for
+        account_key = getattr(self._blobs.credential, "account_key", None)
+        signing = (
+            {"account_key": account_key}
+            if account_key
+            else {"user_delegation_key": await self._blobs.get_user_delegation_key(now - timedelta(minutes=5), expiry)}
+        )  # the delegation key starts earlier: clocks of the service and the account differ a little
+        urls = []
+        for path in paths:
+            sas = generate_blob_sas(
+                self._blobs.account_name, self.file_system, path, permission=BlobSasPermissions(read=True), expiry=expiry,
+                **signing,
+            )  # fmt: skip
+            urls.append(f"{self._container.get_blob_client(path).url}?{sas}")
+        return urls
 
     async def list(self, prefix: str) -> AsyncIterator[LakeFile]:
         """Every file under ``prefix``, in name order."""
