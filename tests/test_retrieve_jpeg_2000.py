@@ -13,7 +13,7 @@ from pydicom.uid import generate_uid
 
 from dicom_core.dicom.transcode import HTJ2K_LOSSLESS, JPEG_2000_LOSSLESS
 from tests.dicom_files import minimal_instance, storable_test_files
-from tests.retrieve_helpers import EXPLICIT_LITTLE, frame_count, instance_url, split_multipart, store
+from tests.retrieve_helpers import EXPLICIT_LITTLE, frame_count, instance_url, split_multipart, store, uids
 
 MEDIA_TYPES = {JPEG_2000_LOSSLESS: "image/jp2", HTJ2K_LOSSLESS: "image/jphc"}
 
@@ -99,7 +99,8 @@ def _ct(frames: int, study: str, series: str) -> tuple[bytes, np.ndarray]:
 async def test_a_hundred_frame_instance_frame_by_frame_and_whole(client):
     study, series = generate_uid(), generate_uid()
     data, pixels = _ct(100, study, series)
-    await store(client, [data])
+    report = minimal_instance(StudyInstanceUID=study, SeriesInstanceUID=series)  # no pixel data: sent as it is
+    await store(client, [data, report])
     url = instance_url(data)
     listing = ",".join(str(number) for number in range(1, 101))
     for target, media in MEDIA_TYPES.items():
@@ -115,7 +116,12 @@ async def test_a_hundred_frame_instance_frame_by_frame_and_whole(client):
     for level, target in ((f"/v2/studies/{study}/series/{series}", JPEG_2000_LOSSLESS), (f"/v2/studies/{study}", HTJ2K_LOSSLESS)):
         response = await client.get(level, headers={"Accept": _instances(target)})
         assert response.status_code == 200, response.text
-        [(media_type, content)] = split_multipart(response)
+        parts = {
+            pydicom.dcmread(io.BytesIO(content)).SOPInstanceUID: (media, content) for media, content in split_multipart(response)
+        }
+        other = pydicom.dcmread(io.BytesIO(parts[uids(report)[2]][1]))
+        assert other.file_meta.TransferSyntaxUID == target and "PixelData" not in other
+        media_type, content = parts[uids(data)[2]]
         assert media_type.parameters["transfer-syntax"] == target
         transcoded = pydicom.dcmread(io.BytesIO(content))
         assert transcoded.file_meta.TransferSyntaxUID == target

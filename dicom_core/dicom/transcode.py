@@ -83,8 +83,10 @@ def encoded_frame(pixels: np.ndarray, header: Dataset, target: str) -> bytes:
 
 def _to_lossless_jpeg_2000(dataset: Dataset, target: str) -> bytes:
     """Every frame decoded and encoded on its own, then encapsulated, one fragment per frame (PS3.5 A.4)."""
-    if "PixelData" not in dataset:
-        raise CannotEncode("the instance has no Pixel Data to encode")
+    if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset:
+        raise CannotEncode("float pixel data has no encapsulated transfer syntax (PS3.5 A.4)")
+    if "PixelData" not in dataset:  # nothing to compress: the data set alone, encoded as the syntax says
+        return _written(dataset, UID(target))
     frames = [
         encoded_frame(decoded_frame_from_dataset(dataset, index), dataset, target) for index in range(number_of_frames(dataset))
     ]
