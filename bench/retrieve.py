@@ -21,6 +21,7 @@ from bench.scenarios import Result, ceiling, latency, scenario, throughput
 
 AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 FRAME = 'multipart/related; type="application/octet-stream"'
+FRAME_JP2 = 'multipart/related; type="image/jp2"; transfer-syntax=1.2.840.10008.1.2.4.90'
 SAMPLES = 100
 METADATA_SAMPLES = 20
 
@@ -105,6 +106,12 @@ def series_metadata(base_url: str, corpus: Corpus) -> list[Result]:
 def wado_frame(base_url: str, corpus: Corpus) -> list[Result]:
     """WADO-RS of frame 1 (application/octet-stream), 100 instances across the corpus, twice; latency."""
     return _one_part_latency(base_url, corpus, "/frames/1", FRAME, "WADO-RS one frame")
+
+
+@scenario("wado-frame-jp2", optional=True)
+def wado_frame_jp2(base_url: str, corpus: Corpus) -> list[Result]:
+    """WADO-RS of frame 1 transcoded to JPEG 2000 Lossless (image/jp2), 100 instances, twice; latency."""
+    return _one_part_latency(base_url, corpus, "/frames/1", FRAME_JP2, "WADO-RS one frame as JPEG 2000")
 
 
 def _one_part_latency(base_url: str, corpus: Corpus, suffix: str, accept: str, name: str) -> list[Result]:

@@ -11,6 +11,7 @@ from starlette.responses import Response, StreamingResponse
 
 from dicom_core.dicom.frames import EXPLICIT_VR_LITTLE_ENDIAN, NATIVE_MEDIA_TYPE, media_type_of
 from dicom_core.dicom.rendering import DEFAULT_QUALITY, RENDERED_MEDIA_TYPES, WINDOW_FUNCTIONS, RenderOptions, Viewport, Window
+from dicom_core.dicom.transcode import HTJ2K_LOSSLESS, JPEG_2000_LOSSLESS
 from dicom_core.errors import BadRequest, RangeNotSatisfiable
 from dicom_core.http.context import base_url, scope_of, services_for
 from dicom_core.http.media_types import DICOM, DICOM_JSON, JSON, MULTIPART_RELATED, OCTET_STREAM, ZIP
@@ -104,16 +105,30 @@ def _frame_numbers(raw: str, maximum: int) -> list[int]:
 
 
 def _frame_offers(stored_syntax: str) -> list[Offer]:
-    """Frames of an instance stored in ``stored_syntax``: in its own media type as stored, or native bytes.
+    """Frames of an instance stored in ``stored_syntax``: in its own media type as stored, native bytes, or transcoded.
 
     A wildcard Accept gets the frames as stored; ``application/octet-stream`` named
-    explicitly gets Explicit VR Little Endian unless a transfer syntax is given.
+    explicitly gets Explicit VR Little Endian unless a transfer syntax is given;
+    ``image/jp2`` and ``image/jphc`` get JPEG 2000 or HTJ2K Lossless (PS3.18 Table 8.7.3-2)
+    unless the stored syntax is one of theirs, which they get as stored.
     """
     stored_type = media_type_of(stored_syntax)
-    native = multipart_offer(NATIVE_MEDIA_TYPE, default_syntax=EXPLICIT_VR_LITTLE_ENDIAN, wildcard_syntax=AS_STORED)
-    if stored_type == NATIVE_MEDIA_TYPE:
-        return [native]
-    return [multipart_offer(stored_type, syntaxes=frozenset({AS_STORED, stored_syntax}), default_syntax=AS_STORED), native]
+    native = multipart_offer(
+        NATIVE_MEDIA_TYPE,
+        syntaxes=frozenset({AS_STORED, stored_syntax, EXPLICIT_VR_LITTLE_ENDIAN}),
+        default_syntax=EXPLICIT_VR_LITTLE_ENDIAN,
+        wildcard_syntax=AS_STORED,
+    )
+    encoded = {media_type_of(syntax): syntax for syntax in (JPEG_2000_LOSSLESS, HTJ2K_LOSSLESS)}
+    offers = [native]
+    if stored_type != NATIVE_MEDIA_TYPE:
+        syntaxes = {AS_STORED, stored_syntax}
+        if stored_type in encoded:
+            syntaxes.add(encoded.pop(stored_type))
+        offers.insert(0, multipart_offer(stored_type, syntaxes=frozenset(syntaxes), default_syntax=AS_STORED))
+    return offers + [
+        multipart_offer(media_type, syntaxes=frozenset({syntax}), default_syntax=syntax) for media_type, syntax in encoded.items()
+    ]
 
 
 async def get_frames(request: Request) -> Response:

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_core.dicom.frames import (
@@ -14,10 +15,10 @@ from dicom_core.dicom.frames import (
     decoded_frame_from_dataset,
     decodes_from_frame_bytes,
     is_native_little_endian,
-    native_bytes,
     stored_frames,
 )
-from dicom_core.errors import NotFound
+from dicom_core.dicom.transcode import CannotEncode, encoded_frame
+from dicom_core.errors import NotAcceptable, NotFound
 from dicom_core.operations.retrieve.finding import with_instance
 from dicom_core.operations.retrieve.instances import AS_STORED, Part, check_transfer_syntax
 from dicom_core.operations.retrieve.reading import read_dataset, read_header, read_ranges, require_pixel_data
@@ -71,19 +72,19 @@ async def retrieve_frames(
 async def _frames(
     services: Services, instance: InstanceRecord, numbers: list[int], rendition: FrameRendition
 ) -> AsyncIterator[Part]:
-    """Frames ``numbers`` of ``instance`` in ``rendition``: as stored, or decoded to Explicit VR Little Endian."""
+    """Frames ``numbers`` of ``instance`` in ``rendition``: as stored, or decoded and encoded in the transfer syntax asked for."""
     check_frame_numbers(instance, numbers)
     requested = rendition.transfer_syntax
     as_stored = frames_as_stored(instance, requested)
     if as_stored:
         syntax = EXPLICIT_VR_LITTLE_ENDIAN if requested == EXPLICIT_VR_LITTLE_ENDIAN else instance.transfer_syntax
     else:
-        syntax = EXPLICIT_VR_LITTLE_ENDIAN
+        syntax = requested
         check_transfer_syntax([instance], requested)
     media_type = rendition.media_type
 
     if instance.frame_ranges is None or not (as_stored or decodes_from_frame_bytes(instance.transfer_syntax)):
-        frames = await _frames_from_file(services, instance, numbers, as_stored)
+        frames = await _frames_from_file(services, instance, numbers, None if as_stored else syntax)
         return iterate(Part(media_type, syntax, single(frame)) for frame in frames)
 
     frame_ranges = instance.frame_ranges
@@ -91,23 +92,39 @@ async def _frames(
     async def frame_part(number: int, header: Dataset | None) -> Part:
         frame = await read_ranges(services, instance, frame_ranges[number - 1])
         if header is not None:
-            pixels = await asyncio.to_thread(decode_frame, header, instance.transfer_syntax, frame)
-            frame = native_bytes(pixels, int(header.BitsAllocated))
+            frame = await asyncio.to_thread(_transcoded_frame, header, instance, frame, syntax)
         return Part(media_type, syntax, single(frame))
 
     header = None if as_stored else await read_header(services, instance)
     return await started(in_order(numbers, lambda number: frame_part(number, header)))
 
 
-async def _frames_from_file(services: Services, instance: InstanceRecord, numbers: list[int], as_stored: bool) -> list[bytes]:
-    """Frames of an instance whose frame ranges the index does not have: read and parse the whole file."""
+def _transcoded_frame(header: Dataset, instance: InstanceRecord, frame: bytes, target: str) -> bytes:
+    return _encoded(instance, decode_frame(header, instance.transfer_syntax, frame), header, target)
+
+
+def _encoded(instance: InstanceRecord, pixels: np.ndarray, header: Dataset, target: str) -> bytes:
+    """A decoded frame in ``target``; NotAcceptable saying what to ask for when it cannot be encoded in it."""
+    try:
+        return encoded_frame(pixels, header, target)
+    except CannotEncode as error:
+        raise NotAcceptable(
+            f"the frames of instance {instance.key.sop} cannot be encoded in {target} ({error}); "
+            f"ask for transfer-syntax=* (as stored) or {EXPLICIT_VR_LITTLE_ENDIAN}"
+        ) from error
+
+
+async def _frames_from_file(services: Services, instance: InstanceRecord, numbers: list[int], target: str | None) -> list[bytes]:
+    """Frames of an instance whose frame ranges the index does not have: read and parse the whole file.
+
+    ``target``: the transfer syntax to encode them in; None, as stored.
+    """
     dataset = await read_dataset(services, instance)
     require_pixel_data(instance, dataset)
 
     def extract() -> list[bytes]:
-        if as_stored:
+        if target is None:
             return stored_frames(dataset, [number - 1 for number in numbers])
-        bits = int(dataset.BitsAllocated)
-        return [native_bytes(decoded_frame_from_dataset(dataset, number - 1), bits) for number in numbers]
+        return [_encoded(instance, decoded_frame_from_dataset(dataset, number - 1), dataset, target) for number in numbers]
 
     return await asyncio.to_thread(extract)

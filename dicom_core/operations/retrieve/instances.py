@@ -6,8 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from dicom_core.dicom.frames import EXPLICIT_VR_LITTLE_ENDIAN
-from dicom_core.dicom.transcode import can_transcode, to_explicit_vr_little_endian
+from dicom_core.dicom.transcode import TARGET_SYNTAXES, can_transcode, transcode
 from dicom_core.errors import NotAcceptable
 from dicom_core.operations.retrieve.finding import find_instances, with_instance
 from dicom_core.operations.retrieve.reading import open_file, read
@@ -19,6 +18,7 @@ from dicom_core.storage.records import InstanceRecord
 AS_STORED = "*"
 """The ``transfer-syntax`` parameter value meaning "as stored" (PS3.18 8.7.3.5.1)."""
 DICOM = "application/dicom"
+_TARGETS = " or ".join(TARGET_SYNTAXES)
 
 
 @dataclass
@@ -36,15 +36,15 @@ def check_transfer_syntax(instances: list[InstanceRecord], transfer_syntax: str)
     for instance in instances:
         if transfer_syntax in (AS_STORED, instance.transfer_syntax):
             continue
-        if transfer_syntax != EXPLICIT_VR_LITTLE_ENDIAN:
+        if transfer_syntax not in TARGET_SYNTAXES:
             raise NotAcceptable(
                 f"instance {instance.key.sop} is stored in transfer syntax {instance.transfer_syntax} and cannot be "
-                f"transcoded to {transfer_syntax}; ask for transfer-syntax=* (as stored) or {EXPLICIT_VR_LITTLE_ENDIAN}"
+                f"transcoded to {transfer_syntax}; ask for transfer-syntax=* (as stored) or {_TARGETS}"
             )
         if not can_transcode(instance.transfer_syntax):
             raise NotAcceptable(
                 f"instance {instance.key.sop} is stored in transfer syntax {instance.transfer_syntax}, which this service "
-                f"cannot decode to {EXPLICIT_VR_LITTLE_ENDIAN}; ask for transfer-syntax=* to get it as stored"
+                f"cannot decode to {transfer_syntax}; ask for transfer-syntax=* to get it as stored"
             )
 
 
@@ -72,10 +72,10 @@ async def _open_instance(services: Services, instance: InstanceRecord, transfer_
         return Part(DICOM, instance.transfer_syntax, await open_file(services, instance), name)
     data = await read(services, instance)
     try:
-        transcoded = await asyncio.to_thread(to_explicit_vr_little_endian, data)
-    except Exception as error:  # decoders raise many types on damaged pixel data
+        transcoded = await asyncio.to_thread(transcode, data, transfer_syntax)
+    except Exception as error:  # decoders and encoders raise many types on pixel data they cannot handle
         raise NotAcceptable(
-            f"instance {instance.key.sop} could not be decoded from {instance.transfer_syntax} "
+            f"instance {instance.key.sop} could not be transcoded from {instance.transfer_syntax} to {transfer_syntax} "
             f"({type(error).__name__}: {error}); ask for transfer-syntax=* to get it as stored"
         ) from error
-    return Part(DICOM, EXPLICIT_VR_LITTLE_ENDIAN, single(transcoded), name)
+    return Part(DICOM, transfer_syntax, single(transcoded), name)
