@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from typing import Any
 
@@ -101,11 +102,12 @@ def worker_app(settings: Settings, serve_pid: int) -> Starlette:
 
     uvicorn spawns its workers, so ``settings`` reach them pickled with the server's
     configuration, never through the environment, and logging is set up again here. A
-    worker stops when serve (process ``serve_pid``) dies, SIGKILL included, instead of
-    keeping the port; a worker that starts after serve died already exits at once.
+    worker is killed when serve (process ``serve_pid``) dies, SIGKILL included, instead of
+    keeping the port: not stopped gracefully, since a graceful stop can wait on storage that
+    went away with serve's emulator. A worker that starts after serve died exits at once.
     """
     if sys.platform == "linux":
-        stop_with_parent()
+        stop_with_parent(signal.SIGKILL)
     if os.getppid() != serve_pid:
         raise SystemExit("serve stopped before this worker started")
     configure_logging()

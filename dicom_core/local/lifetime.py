@@ -13,7 +13,7 @@ def configure_logging() -> None:
     logging.getLogger("azure").setLevel(logging.WARNING)
 
 
-def stop_with_parent() -> None:
-    """Ask Linux to send this process SIGTERM when its parent dies, SIGKILL included (prctl PR_SET_PDEATHSIG)."""
+def stop_with_parent(stop: signal.Signals = signal.SIGTERM) -> None:
+    """Ask Linux to send this process ``stop`` when its parent dies, SIGKILL included (prctl PR_SET_PDEATHSIG)."""
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    libc.prctl(1, stop)  # 1 = PR_SET_PDEATHSIG
