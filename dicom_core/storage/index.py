@@ -31,7 +31,7 @@ import json
 import logging
 import zlib
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -531,59 +531,76 @@ class Index:
         return await self._refresh_study(partition, study, update) or changed
 
     async def _refresh_series(self, partition: str, study: str, series: str, update: LevelUpdate | None) -> bool:
-        table, pk = self._series.client, study_partition_key(partition, study)
-        for _ in range(_CONCURRENCY_RETRIES):
-            current = await self._get(table, pk, series)
+        pk = study_partition_key(partition, study)
+
+        async def recounted(current: TableEntity | None) -> tuple[dict | None, bool]:
             count = await self._count(self._instances.client, pk, *children_range(series))
+            if count == 0:
+                return None, current is not None
+            entity = dict(current) if current is not None else {"PartitionKey": pk, "RowKey": series}
+            attributes = update.series_attributes if update is not None else None
+            modality = update.modality if update is not None else None
+            if current is None and update is None:
+                modality, attributes = await self._seen_in_series(partition, study, series, SERIES_TAGS)
+            entity.update(PartitionName=partition, StudyInstanceUID=study, SeriesInstanceUID=series)
+            entity.update(NumberOfSeriesRelatedInstances=count, UpdatedAt=datetime.now(UTC))
+            if attributes is not None:
+                entity.update(Attributes=json.dumps(attributes, separators=(",", ":")), Modality=modality or "")
             before = int(current.get("NumberOfSeriesRelatedInstances", -1)) if current is not None else 0
-            try:
-                if count == 0:
-                    await self._remove(table, current)
-                    return current is not None
-                entity = dict(current) if current is not None else {"PartitionKey": pk, "RowKey": series}
-                attributes = update.series_attributes if update is not None else None
-                modality = update.modality if update is not None else None
-                if current is None and update is None:
-                    modality, attributes = await self._seen_in_series(partition, study, series, SERIES_TAGS)
-                entity.update(PartitionName=partition, StudyInstanceUID=study, SeriesInstanceUID=series)
-                entity.update(NumberOfSeriesRelatedInstances=count, UpdatedAt=datetime.now(UTC))
-                if attributes is not None:
-                    entity.update(Attributes=json.dumps(attributes, separators=(",", ":")), Modality=modality or "")
-                await self._write(table, entity, current)
-                return before != count
-            except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
-                continue  # another writer got there first: read and count again
-        raise StorageContention(f"gave up recounting series {series} after {_CONCURRENCY_RETRIES} conflicts")
+            return entity, before != count
+
+        return await self._recount(self._series.client, pk, series, f"series {series}", recounted)
 
     async def _refresh_study(self, partition: str, study: str, update: LevelUpdate | None) -> bool:
-        table = self._studies.client
-        for _ in range(_CONCURRENCY_RETRIES):
-            current = await self._get(table, partition, study)
+        async def recounted(current: TableEntity | None) -> tuple[dict | None, bool]:
             series = [record async for record in self.children(Level.SERIES, partition, study)]
+            if not series:
+                return None, current is not None
             counts = (len(series), sum(record.instance_count for record in series))
             modalities = dict(sorted(Counter(record.modality for record in series if record.modality).items()))
+            entity = dict(current) if current is not None else {"PartitionKey": partition, "RowKey": study}
+            attributes = update.study_attributes if update is not None else None
+            if current is None and update is None:
+                _, attributes = await self._seen_in_series(partition, study, series[0].series, STUDY_TAGS)
+            entity.update(PartitionName=partition, StudyInstanceUID=study, UpdatedAt=datetime.now(UTC))
+            entity.update(NumberOfStudyRelatedSeries=counts[0], NumberOfStudyRelatedInstances=counts[1])
+            entity.update(ModalityCounts=json.dumps(modalities, sort_keys=True))
+            if attributes is not None:
+                entity["Attributes"] = json.dumps(attributes, separators=(",", ":"))
             before = _study_record(current) if current is not None else None
+            unchanged = before is not None and (before.series_count, before.instance_count, dict(before.modality_counts)) == (
+                *counts,
+                modalities,
+            )
+            return entity, not unchanged
+
+        return await self._recount(self._studies.client, partition, study, f"study {study}", recounted)
+
+    async def _recount(
+        self,
+        table: TableClient,
+        pk: str,
+        rk: str,
+        what: str,
+        recounted: Callable[[TableEntity | None], Awaitable[tuple[dict | None, bool]]],
+    ) -> bool:
+        """Write what ``recounted`` makes of the entity at ``pk``/``rk`` (None: remove it), conditional on its ETag.
+
+        The entity is read before counting, so a write that succeeds counted after every
+        change that preceded it; a conflict reads and counts again. True when a count changed.
+        """
+        for _ in range(_CONCURRENCY_RETRIES):
+            current = await self._get(table, pk, rk)
             try:
-                if not series:
+                entity, changed = await recounted(current)
+                if entity is None:
                     await self._remove(table, current)
-                    return current is not None
-                entity = dict(current) if current is not None else {"PartitionKey": partition, "RowKey": study}
-                attributes = update.study_attributes if update is not None else None
-                if current is None and update is None:
-                    _, attributes = await self._seen_in_series(partition, study, series[0].series, STUDY_TAGS)
-                entity.update(PartitionName=partition, StudyInstanceUID=study, UpdatedAt=datetime.now(UTC))
-                entity.update(NumberOfStudyRelatedSeries=counts[0], NumberOfStudyRelatedInstances=counts[1])
-                entity.update(ModalityCounts=json.dumps(modalities, sort_keys=True))
-                if attributes is not None:
-                    entity["Attributes"] = json.dumps(attributes, separators=(",", ":"))
-                await self._write(table, entity, current)
-                return before is None or (before.series_count, before.instance_count, dict(before.modality_counts)) != (
-                    *counts,
-                    modalities,
-                )
+                else:
+                    await self._write(table, entity, current)
+                return changed
             except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
-                continue
-        raise StorageContention(f"gave up recounting study {study} after {_CONCURRENCY_RETRIES} conflicts")
+                continue  # another writer got there first: read and count again
+        raise StorageContention(f"gave up recounting {what} after {_CONCURRENCY_RETRIES} conflicts")
 
     @staticmethod
     async def _write(table: TableClient, entity: dict, current: TableEntity | None) -> None:
