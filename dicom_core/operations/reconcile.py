@@ -187,18 +187,26 @@ async def reindex(
                 progress(result)
 
     await asyncio.gather(*(one(file.path, file) for file in files))
-    present = {file.path for file in files}
-    missing = [record.path async for record in services.index.all_instances(partition) if record.path not in present]
+    # The series of every instance looked at, in the lake or the index: what to recount at the end.
+    series_of: dict[tuple[str, str], set[str]] = defaultdict(set)
+    present = set()
+    for file in files:
+        present.add(file.path)
+        key = services.layout.parse_instance_path(file.path)
+        if key is not None:
+            series_of[(key.partition, key.study)].add(key.series)
+    missing = []
+    async for record in services.index.all_instances(partition):
+        series_of[(record.key.partition, record.key.study)].add(record.key.series)
+        if record.path not in present:
+            missing.append(record.path)
     await asyncio.gather(*(one(path, None) for path in missing))
-    summary.studies_recounted = await _recount(services, partition)
+    summary.studies_recounted = await _recount(services, partition, series_of)
     return summary
 
 
-async def _recount(services: Services, partition: str | None) -> int:
-    """Recount every study (of one partition) from its instance entities; the number whose counts were wrong."""
-    series_of: dict[tuple[str, str], set[str]] = defaultdict(set)
-    async for record in services.index.all_instances(partition):
-        series_of[(record.key.partition, record.key.study)].add(record.key.series)
+async def _recount(services: Services, partition: str | None, series_of: dict[tuple[str, str], set[str]]) -> int:
+    """Recount the series in ``series_of`` and every study and series with an entity; the number of studies that were wrong."""
     for level in (Level.SERIES, Level.STUDY):
         async for entry in services.index.all_of(level):
             if partition is None or entry.partition == partition:
