@@ -85,9 +85,10 @@ class LakeLayout:
         if not path.startswith(self.root) or not path.endswith(".dcm"):
             return None
         parts = path[len(self.root) : -len(".dcm")].split("/")
-        if len(parts) != 4 or parts[0] in (HEALTH_FOLDER, ANALYTICS_FOLDER):
+        if len(parts) != 4:
             return None
         partition, study, series, sop = parts
+        # A reserved folder (healthCheck, analytics) is not a valid partition name: never an instance.
         if not is_valid_partition(partition) or not all(map(is_valid_uid, (study, series, sop))):
             return None
         return InstanceKey(partition, study, series, sop)
