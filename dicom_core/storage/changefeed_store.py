@@ -218,15 +218,13 @@ class ChangeFeedStore(Table):
 
     async def latest(self) -> FeedEntry | None:
         """The entry with the highest sequence, or None when the feed is empty."""
-        counter = await self._get(COUNTER)
-        if counter is None or not counter["Last"]:
-            return None
-        return _entry(await self._get(entry_row_key(int(counter["Last"]))))
+        last = await self.last_sequence()
+        return _entry(await self._get(entry_row_key(last))) if last else None
 
     async def last_sequence(self) -> int:
         """The highest sequence used (0 for an empty feed)."""
-        counter = await self._get(COUNTER)
-        return int(counter["Last"]) if counter else 0
+        counter = await self._counter()
+        return counter.last if counter else 0
 
     async def entries(self, first: int, last: int) -> list[FeedEntry]:
         """Entries ``first`` to ``last`` (inclusive), by sequence: one key-range query."""
@@ -236,8 +234,7 @@ class ChangeFeedStore(Table):
 
     async def read(self, start: datetime | None, end: datetime | None, offset: int, limit: int) -> list[FeedEntry]:
         """Entries with ``start <= Timestamp < end``, skipping ``offset``, at most ``limit``, by sequence."""
-        counter = await self._get(COUNTER)
-        last = int(counter["Last"]) if counter else 0
+        last = await self.last_sequence()
         first = await self._first_at_or_after(start, last) if start else 1
         stop = await self._first_at_or_after(end, last) if end else last + 1
         low, high = first + offset, min(first + offset + limit, stop)
