@@ -12,6 +12,7 @@ _PARTITION = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 RESERVED_PARTITIONS = {
     "healthCheck": "the lake folder of that name holds the health check's file",
     "analytics": "the lake folder of that name holds the analytics Delta tables",
+    "originals": "the lake folder of that name holds the originals of instances changed by a bulk update",
 }
 
 

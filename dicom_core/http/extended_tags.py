@@ -8,19 +8,23 @@ have them (docs/security.md).
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from dicom_core.errors import BadRequest, NotFound, UnsupportedMediaType
 from dicom_core.http.auth import Access
-from dicom_core.http.context import base_url, body_at_most, services_for
+from dicom_core.http.context import base_url, body_at_most, partition_of, root_url, services_for
+from dicom_core.http.errors import Handler
 from dicom_core.http.media_types import MediaType
 from dicom_core.http.negotiation import choose
 from dicom_core.http.routing import Route
 from dicom_core.operations import extended_tags
 from dicom_core.operations.jobs import operation_json
 from dicom_core.operations.partitions import list_partitions
+from dicom_core.services import Services
+from dicom_core.storage.records import OperationRecord
 
 _RESPONSE_TYPES = ["application/json"]
 _MAX_BODY = 1024 * 1024  # 128 tags take a few KiB
@@ -51,11 +55,26 @@ def _page(request: Request, maximum: int) -> tuple[int, int]:
     return extended_tags.page_bounds(params.get("limit"), params.get("offset"), maximum)
 
 
+def operation_accepted(operation: OperationRecord, request: Request) -> Response:
+    """202 Accepted with the operation's id and the URL to follow it at (Azure DICOM v2)."""
+    return json_response({"id": operation.id, "href": f"{root_url(request)}/operations/{operation.id}"}, request, 202)
+
+
+def starting(start: Callable[[Services, object, str], Awaitable[OperationRecord]]) -> Handler:
+    """A handler that starts an operation from the JSON body, in the URL's partition, and answers 202."""
+
+    async def handler(request: Request) -> Response:
+        choose(request.headers.get("accept"), _RESPONSE_TYPES)
+        operation = await start(await services_for(request), await json_body(request), partition_of(request))
+        return operation_accepted(operation, request)
+
+    return handler
+
+
 async def add_tags(request: Request) -> Response:
     choose(request.headers.get("accept"), _RESPONSE_TYPES)
     services = await services_for(request)
-    operation = await extended_tags.add_tags(services, await json_body(request))
-    return json_response({"id": operation.id, "href": f"{base_url(request)}/operations/{operation.id}"}, request, 202)
+    return operation_accepted(await extended_tags.add_tags(services, await json_body(request)), request)
 
 
 async def list_tags(request: Request) -> Response:

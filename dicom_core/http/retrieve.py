@@ -30,6 +30,17 @@ from dicom_core.storage.layout import InstanceKey
 _BULK_DATA_DEPTH = 3  # sequence levels a bulk data path may go through: bulkdata/sq/item/sq/item/sq/item/tag
 
 
+ORIGINAL_HEADER = "msdicom-request-original"
+
+
+def _wants_original(request: Request) -> bool:
+    """``msdicom-request-original: true``: the instances as first received, before any bulk update (Azure DICOM)."""
+    value = request.headers.get(ORIGINAL_HEADER, "false").strip().lower()
+    if value not in ("true", "false"):
+        raise BadRequest(f"{ORIGINAL_HEADER} must be true or false, got {value[:20]!r}")
+    return value == "true"
+
+
 def _instance_key(request: Request) -> InstanceKey:
     target = scope_of(request)
     return InstanceKey(target.partition, target.study, target.series or "", target.sop or "")
@@ -51,7 +62,8 @@ async def get_instances(request: Request) -> Response:
     offers = [_INSTANCES, _SINGLE_FILE] if target.sop is not None else [_INSTANCES, _ZIP]
     choice = negotiate(request.headers.get("accept"), offers)
     services = await services_for(request)
-    parts = await retrieve_instances(services, target, choice.transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN)
+    syntax = choice.transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN
+    parts = await retrieve_instances(services, target, syntax, original=_wants_original(request))
     media_type = choice.media_type
     if media_type == ZIP:
         name = target.series or target.study
@@ -70,7 +82,7 @@ async def get_metadata(request: Request) -> Response:
     target = scope_of(request)
     media_type = choose(request.headers.get("accept"), [DICOM_JSON, JSON])
     services = await services_for(request)
-    metadata = await retrieve_metadata(services, target, base_url(request))
+    metadata = await retrieve_metadata(services, target, base_url(request), original=_wants_original(request))
     headers = {"ETag": metadata.etag, "Cache-Control": "no-cache"}
     if _matches(request.headers.get("if-none-match"), metadata.etag):
         await metadata.body.aclose()

@@ -6,10 +6,11 @@ register exactly these routes. Each feature module contributes its own list.
 
 from __future__ import annotations
 
-from dicom_core.http import changefeed, delete, export, extended_tags, health, retrieve, search, store, workitems
+from dicom_core.http import bulk_update, changefeed, delete, export, extended_tags, health, retrieve, search, store, workitems
 from dicom_core.http.routing import ExpandedRoute, Route
 
 FEATURE_ROUTES: list[Route] = [
+    *bulk_update.ROUTES,  # first: its literal path would match the store route's {study}
     *store.ROUTES,
     *search.ROUTES,
     *retrieve.ROUTES,

@@ -7,7 +7,7 @@ files go too, and the journal rows of deletes that did not finish):
 
 1. mark the delete running in its study and claim a journal row per instance
    (storage/delete_journal.py);
-2. delete the files;
+2. delete the files, and the originals a bulk update kept of them;
 3. announce the deletes in the change feed (idempotent: the feed remembers them);
 4. delete the instance entities;
 5. recount the series and the study from the entities left (storage/index.py
@@ -115,6 +115,18 @@ async def _instances_in(services: Services, scope: Scope) -> dict[InstanceKey, s
     return found
 
 
+async def _originals_of(services: Services, rows: list[JournalRow]) -> list[str]:
+    """The originals a bulk update kept of the instances whose files ``rows`` delete: one listing per study."""
+    wanted = {services.layout.original_path(row.key) for row in rows if row.path}
+    studies = {(row.key.partition, row.key.study) for row in rows if row.path}
+    found = []
+    for partition, study in studies:
+        async for file in services.lake.list(services.layout.originals_folder(partition, study)):
+            if file.path in wanted:
+                found.append(file.path)
+    return found
+
+
 async def _run(services: Services, rows: list[JournalRow]) -> None:
     """Steps 2-6 of the module docstring for journal rows (any number of jobs and studies)."""
     if not rows:
@@ -126,6 +138,7 @@ async def _run(services: Services, rows: list[JournalRow]) -> None:
             await step
 
     await asyncio.gather(*(bounded(services.lake.delete(row.path)) for row in rows if row.path))
+    await asyncio.gather(*(bounded(services.lake.delete(path)) for path in await _originals_of(services, rows)))
     await services.changefeed.append([Change(row.key, services.layout.instance_path(row.key), "", deleted=True) for row in rows])
     await asyncio.gather(*(bounded(services.index.delete_instance(row.key)) for row in rows))
     series_of: dict[tuple[str, str], set[str]] = defaultdict(set)

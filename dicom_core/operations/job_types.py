@@ -1,15 +1,18 @@
-"""The types of long-running operations and their handlers (operations/jobs.py).
-
-Bulk update plugs in here with a handler of its own.
-"""
+"""The types of long-running operations and their handlers (operations/jobs.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from dicom_core.operations.bulk_update import UPDATE, BulkUpdateJob
 from dicom_core.operations.export import EXPORT, ExportJob
 from dicom_core.operations.extended_tags import DELETE_TAG, REINDEX
 from dicom_core.operations.jobs import JobHandler
 from dicom_core.operations.tag_jobs import DeleteTag, ReindexTags
 
-HANDLERS: Mapping[str, JobHandler] = {REINDEX: ReindexTags(), DELETE_TAG: DeleteTag(), EXPORT: ExportJob()}
+HANDLERS: Mapping[str, JobHandler] = {
+    REINDEX: ReindexTags(),
+    DELETE_TAG: DeleteTag(),
+    EXPORT: ExportJob(),
+    UPDATE: BulkUpdateJob(),
+}

@@ -66,7 +66,7 @@ _PAGE = 1000  # Table Storage's largest page
 # Instance columns read unless the metadata is asked for: everything but the DICOM JSON, the largest.
 _INSTANCE_SUMMARY = [
     *UID_COLUMNS, "SOPClassUID", "Path", "Size", "ETag", "TransferSyntaxUID", "NumberOfFrames", "FrameRanges", "Attributes",
-    "StoredAt",
+    "StoredAt", "OriginalPath",
 ]  # fmt: skip
 _INSTANCE_SWEEP = [*UID_COLUMNS, "Path", "ETag"]
 INSTANCE_CACHE_BYTES = 16 * 1024 * 1024
@@ -115,6 +115,8 @@ def _instance_entity(record: InstanceRecord) -> dict[str, Any]:
     metadata = _compressed(record.metadata_json, 1) if record.metadata_json else None
     if metadata is not None:
         entity["Metadata"] = metadata
+    if record.original_path:
+        entity["OriginalPath"] = record.original_path
     return entity
 
 
@@ -139,6 +141,7 @@ def _instance_record(entity: TableEntity) -> InstanceRecord:
         stored_at=entity.get("StoredAt") or datetime.now(UTC),
         version=_version(entity),
         reconciliation_needed=entity.get("ReconciliationNeeded"),
+        original_path=entity.get("OriginalPath") or None,
     )
 
 
@@ -164,6 +167,16 @@ def _study_record(entity: TableEntity) -> StudyRecord:
         modality_counts=json.loads(entity.get("ModalityCounts") or "{}"),
         version=_version(entity),
     )
+
+
+def _level_lookups(record: LevelRecord, attributes: dict) -> list[tuple[str, str]]:
+    """The lookup entries of a study or series record if it held ``attributes``."""
+    if isinstance(record, StudyRecord):
+        modalities = record.modalities or [""]
+        return [entry for modality in modalities for entry in study_entries(record.partition, record.study, attributes, modality)]
+    if isinstance(record, SeriesRecord):
+        return level_entries(record.partition, Level.SERIES, (record.study, record.series), attributes)
+    return instance_entries(replace(record, attributes=attributes))
 
 
 _DECODERS: dict[Level, Callable[[TableEntity], LevelRecord]] = {
@@ -287,6 +300,19 @@ class Index:
         await self.lookup.put(instance_entries(record))  # first: an entity is never visible without its entries
         await self._instances.client.upsert_entity(_instance_entity(record), mode=UpdateMode.REPLACE)
 
+    async def replace_instance(self, record: InstanceRecord) -> bool:
+        """Replace the instance entity read as ``record.version`` by ``record``; False when it changed or went since."""
+        self._cached.forget([record.key])
+        await self.lookup.put(instance_entries(record))
+        try:
+            await self._instances.client.update_entity(
+                _instance_entity(record), mode=UpdateMode.REPLACE, etag=record.version,
+                match_condition=MatchConditions.IfNotModified,
+            )  # fmt: skip
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        return True
+
     async def put_instances(self, prepared: list[PreparedInstance]) -> None:
         """Create or replace instance entities of one study in one transaction (at most 100, under 4 MiB)."""
         self._cached.forget(item.record.key for item in prepared)
@@ -296,10 +322,20 @@ class Index:
         )
 
     def instances_of_study(
-        self, partition: str, study: str, series: str | None = None, *, metadata: bool = True
+        self,
+        partition: str,
+        study: str,
+        series: str | None = None,
+        *,
+        metadata: bool = True,
+        after: InstanceKey | None = None,
+        page_size: int = _PAGE,
     ) -> AsyncIterator[InstanceRecord]:
-        """Instance records of a study (or of one series of it), by key range."""
-        return self.children(Level.INSTANCE, partition, study, series, metadata=metadata)  # type: ignore[return-value]
+        """Instance records of a study (or of one series of it), by key range; only those following ``after``."""
+        return self.children(
+            Level.INSTANCE, partition, study, series, metadata=metadata, page_size=page_size,
+            after=None if after is None else instance_keys(after)[1],
+        )  # type: ignore[return-value]  # fmt: skip
 
     async def all_instances(self, partition: str | None = None) -> AsyncIterator[InstanceRecord]:
         """Every instance (of one partition), keys, path and ETag only; for reindex, never for a request."""
@@ -318,6 +354,7 @@ class Index:
         decode = _DECODERS[level]
         async for entity in self._tables[level].list_entities(results_per_page=_PAGE):
             yield decode(entity)
+
     async def instances_after(self, after: InstanceKey | None, limit: int) -> list[InstanceRecord]:
         """Up to ``limit`` instances (with their metadata) following ``after`` in key order: a reindex's next batch.
 
@@ -368,29 +405,40 @@ class Index:
             after = entity["PartitionKey"]
             found.append((after, entity.metadata.get("timestamp") or datetime.now(UTC)))
 
-    async def add_attributes(self, level: Level, partition: str, path: tuple[str, ...], elements: dict) -> bool:
-        """Add ``elements`` to the attributes of the study, series or instance at ``path``, under its ETag.
+    async def add_attributes(
+        self, level: Level, partition: str, path: tuple[str, ...], elements: dict, *, move_lookups: bool = False
+    ) -> bool:
+        """Set ``elements`` in the attributes of the study, series or instance at ``path``, under its ETag.
 
-        For a reindex of extended query tags: only the Attributes column changes, never the
-        counts; an entity gone meanwhile is left gone (False).
+        Only the Attributes column changes, never the counts; an entity gone meanwhile is left
+        gone (False). A reindex of extended query tags writes its lookup entries itself; a bulk
+        update (``move_lookups``, studies and series) has the entries follow the values: the new
+        ones first, so the entity is never found without them, and those of values it no longer
+        holds once it is written.
         """
         table = self._tables[level]
         pk, rk = _keys(level, partition, path)
         for _ in range(_CONCURRENCY_RETRIES):
-            current = await self._get(table, pk, rk, ["Attributes"])
+            current = await self._get(table, pk, rk, None if move_lookups else ["Attributes"])
             if current is None:
                 return False
-            attributes = json.loads(current.get("Attributes") or "{}") | elements
-            entity = {"PartitionKey": pk, "RowKey": rk, "Attributes": json.dumps(attributes, separators=(",", ":"))}
+            attributes = json.loads(current.get("Attributes") or "{}")
+            before, after = [], []
+            if move_lookups:
+                record = _DECODERS[level](current)
+                before, after = _level_lookups(record, attributes), _level_lookups(record, attributes | elements)
+                await self.lookup.put(after)
+            entity = {"PartitionKey": pk, "RowKey": rk, "Attributes": json.dumps(attributes | elements, separators=(",", ":"))}
             try:
                 await table.update_entity(
                     entity, mode=UpdateMode.MERGE, etag=current.metadata["etag"], match_condition=MatchConditions.IfNotModified
                 )
-                return True
             except ResourceNotFoundError:
                 return False
             except ResourceModifiedError:
-                continue  # a store or another reindex wrote it: read again
+                continue  # a store or another writer changed it: read again
+            await self.lookup.remove(set(before) - set(after))
+            return True
         raise StorageContention(f"gave up updating {table.table_name} entity {pk}/{rk} after {_CONCURRENCY_RETRIES} conflicts")
 
     async def delete_instance(self, key: InstanceKey) -> None:
@@ -457,12 +505,15 @@ class Index:
         *,
         metadata: bool = False,
         page_size: int = _PAGE,
+        after: str | None = None,
     ) -> AsyncIterator[LevelRecord]:
-        """The series or instances of a study, or the instances of one series of it, in key order."""
+        """The series or instances of a study, or the instances of one series of it, in key order (RowKeys past ``after``)."""
         query, parameters = "PartitionKey eq @pk", {"pk": study_partition_key(partition, study)}
         if series is not None:
             row_query, row_parameters = range_filter("RowKey", *children_range(series))
             query, parameters = f"{query} and {row_query}", parameters | row_parameters
+        if after is not None:
+            query, parameters = f"{query} and RowKey gt @after", parameters | {"after": after}
         return self._pages(level, query, parameters, metadata, page_size)
 
     def in_partition(
@@ -514,9 +565,7 @@ class Index:
         )
         await self.refresh(update.partition, update.study, [update.series], update)
 
-    async def refresh(
-        self, partition: str, study: str, series: Iterable[str], update: LevelUpdate | None = None
-    ) -> bool:
+    async def refresh(self, partition: str, study: str, series: Iterable[str], update: LevelUpdate | None = None) -> bool:
         """Recount ``series`` of ``study`` and then the study from the entities under them; True when a count changed.
 
         Counts are derived, never incremented, so a store or delete that is retried, or

@@ -15,6 +15,8 @@ so every ETag leaves this adapter in one form: quoted, as HTTP sends it.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -24,13 +26,21 @@ from typing import BinaryIO
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.storage.blob import BlobSasPermissions, ContentSettings, generate_blob_sas
+from azure.storage.blob import BlobBlock, BlobSasPermissions, ContentSettings, generate_blob_sas
 from azure.storage.blob.aio import BlobServiceClient
 from azure.storage.filedatalake.aio import DataLakeServiceClient
 
 STAGING_FOLDER = "staging"  # at the file-system root, outside AHDS/: never part of the contract
 _CONTENT_TYPE = "application/dicom"
 _UPLOAD_CONCURRENCY = 2
+_COPY_SAS_LIFETIME = timedelta(hours=1)  # a server-side copy reads its source within seconds
+_COPY_POLL_SECONDS = 0.5
+_SPLICE_BLOCK = 256 * 1024 * 1024  # bytes one Put Block From URL stages (the service allows 4000 MiB)
+
+
+def _block_id(number: int) -> str:
+    """Block IDs of one blob have one length (Put Block List)."""
+    return base64.b64encode(f"{number:08d}".encode()).decode()
 
 
 class InstanceExists(Exception):
@@ -39,6 +49,14 @@ class InstanceExists(Exception):
 
 class FileMissing(Exception):
     """No file at the path."""
+
+
+class CopyFailed(Exception):
+    """The storage service did not complete a server-side copy."""
+
+
+class FileChanged(Exception):
+    """A write conditional on the file's ETag found another version there, or none."""
 
 
 @dataclass(frozen=True)
@@ -187,10 +205,63 @@ class Lake:
             urls.append(f"{self._container.get_blob_client(path).url}?{sas}")
         return urls
 
+    async def head(self, path: str, length: int) -> tuple[bytes, LakeFile, dict[str, str]]:
+        """The first ``length`` bytes of the file (fewer when it is shorter), the file, and its blob metadata."""
+        downloader = await self._download(path, 0, length)
+        data = await downloader.readall()
+        properties = downloader.properties
+        # A ranged read's size is the range's; the file's is after the slash of "bytes 0-N/SIZE".
+        content_range = getattr(properties, "content_range", None)
+        size = int(content_range.rpartition("/")[2]) if content_range else properties.size
+        file = LakeFile(path, size, normalized_etag(properties.etag), properties.last_modified)
+        return data, file, dict(properties.metadata or {})
+
+    async def copy(self, source: str, target: str) -> None:
+        """Copy the file at ``source`` to ``target`` (replacing any file there) inside the storage account.
+
+        Copy Blob: the storage service copies the bytes, which never pass through this process,
+        and the copy is whole or absent, as every write here. Within one account it is mostly
+        done when the call returns; otherwise its status is polled until it is.
+        """
+        [url] = await self.readable_urls([source], _COPY_SAS_LIFETIME)
+        blob = self._container.get_blob_client(target)
+        copy = await blob.start_copy_from_url(url)
+        status = copy.get("copy_status")
+        while status == "pending":
+            await asyncio.sleep(_COPY_POLL_SECONDS)
+            status = (await blob.get_blob_properties()).copy.status
+        if status != "success":
+            raise CopyFailed(f"copying {source} to {target} ended {status}")
+
+    async def splice(
+        self, path: str, head: bytes, tail_offset: int, tail_length: int, *, etag: str, metadata: dict[str, str]
+    ) -> LakeFile:
+        """Replace the file at ``path`` by ``head`` followed by its own bytes from ``tail_offset`` on.
+
+        The tail is staged from the file itself by Put Block From URL, so it never passes
+        through this process; the block list is committed only if the file still has ``etag``
+        (FileChanged otherwise), atomically, and with ``metadata`` on the new version.
+        """
+        blob = self._container.get_blob_client(path)
+        [source] = await self.readable_urls([path], _COPY_SAS_LIFETIME)
+        blocks = [BlobBlock(_block_id(0))]
+        await blob.stage_block(blocks[0].id, head, length=len(head))
+        for number, offset in enumerate(range(tail_offset, tail_offset + tail_length, _SPLICE_BLOCK), start=1):
+            length = min(_SPLICE_BLOCK, tail_offset + tail_length - offset)
+            blocks.append(BlobBlock(_block_id(number)))
+            await blob.stage_block_from_url(blocks[-1].id, source, source_offset=offset, source_length=length)
+        try:
+            result = await blob.commit_block_list(
+                blocks, metadata=metadata, content_settings=ContentSettings(content_type=_CONTENT_TYPE),
+                etag=etag, match_condition=MatchConditions.IfNotModified,
+            )  # fmt: skip
+        except (ResourceModifiedError, ResourceNotFoundError):
+            raise FileChanged(path) from None
+        return LakeFile(path, len(head) + tail_length, normalized_etag(result["etag"]), result.get("last_modified"))
+
     async def list(self, prefix: str) -> AsyncIterator[LakeFile]:
         """Every file under ``prefix``, in name order."""
         async for blob in self._container.list_blobs(name_starts_with=prefix):
             if blob.size == 0 and blob.name.endswith("/"):
                 continue  # a directory entry on a hierarchical account
             yield LakeFile(blob.name, blob.size, normalized_etag(blob.etag), blob.last_modified)
-

@@ -5,6 +5,8 @@
     AHDS/{workspace}/dicom/{service}/{partition}/{study}/{series}/{sop}.dcm
     AHDS/{workspace}/dicom/{service}/healthCheck/...
     AHDS/{workspace}/dicom/{service}/analytics/{instances,series,studies}/   (Delta tables)
+    AHDS/{workspace}/dicom/{service}/originals/{partition}/{study}/{series}/{sop}.dcm   (as first received,
+                                                                         kept by a bulk update)
 
 Only validated UIDs and partition names reach these functions; they check again
 because a path that escapes the layout must be impossible, not unlikely.
@@ -18,6 +20,7 @@ from dicom_core.dicom.uids import is_valid_partition, is_valid_uid
 
 HEALTH_FOLDER = "healthCheck"
 ANALYTICS_FOLDER = "analytics"
+ORIGINALS_FOLDER = "originals"
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,13 @@ class LakeLayout:
         _check_uid(key.sop)
         return f"{self.series_folder(key.partition, key.study, key.series)}{key.sop}.dcm"
 
+    def original_path(self, key: InstanceKey) -> str:
+        """Where a bulk update keeps the instance as first received: outside every partition, so never indexed."""
+        return f"{self.root}{ORIGINALS_FOLDER}/{self.instance_path(key).removeprefix(self.root)}"
+
+    def originals_folder(self, partition: str, study: str) -> str:
+        return f"{self.root}{ORIGINALS_FOLDER}/{self.study_folder(partition, study).removeprefix(self.root)}"
+
     def parse_instance_path(self, path: str) -> InstanceKey | None:
         """The key of a contract path, or None for anything outside the layout (health files included)."""
         if not path.startswith(self.root) or not path.endswith(".dcm"):
@@ -88,7 +98,7 @@ class LakeLayout:
         if len(parts) != 4:
             return None
         partition, study, series, sop = parts
-        # A reserved folder (healthCheck, analytics) is not a valid partition name: never an instance.
+        # A reserved folder (healthCheck, analytics, originals) is not a valid partition name: never an instance.
         if not is_valid_partition(partition) or not all(map(is_valid_uid, (study, series, sop))):
             return None
         return InstanceKey(partition, study, series, sop)

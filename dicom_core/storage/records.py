@@ -42,6 +42,8 @@ class InstanceRecord:
     version: str = ""
     reconciliation_needed: str | None = None
     """Why a retrieve found the file changed outside the API (set by ``Index.flag_for_reconciliation``)."""
+    original_path: str | None = None
+    """Where the instance as first received is kept, once a bulk update changed it (docs/bulk-update.md)."""
     cached: bool = False
     """Served from this process's cache of instance records (``Index.get_instance(cached=True)``), not read
     from the index for this request: only a read of the file conditional on ``etag`` proves it current."""

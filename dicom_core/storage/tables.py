@@ -30,12 +30,14 @@ class RequestStatistics:
     entities_read: int = 0
     entities_written: int = 0  # inserted, replaced, merged or deleted, each operation of a transaction counted
     lake_requests: int = 0
+    lake_bytes_read: int = 0  # the bodies of blob reads: what passed through this process from the lake
 
     def reset(self) -> None:
         self.requests = 0
         self.entities_read = 0
         self.entities_written = 0
         self.lake_requests = 0
+        self.lake_bytes_read = 0
 
 
 _WRITES = frozenset({"POST", "PUT", "PATCH", "MERGE", "DELETE"})
@@ -67,12 +69,16 @@ def table_hooks(statistics: RequestStatistics) -> dict:
 
 
 def lake_hooks(statistics: RequestStatistics) -> dict:
-    """SDK client options that count every blob (and dfs) request; bodies stream, so they are never read."""
+    """SDK client options that count every blob (and dfs) request and the bytes reads return (their Content-Length)."""
 
     def on_request(request: PipelineRequest) -> None:
         statistics.lake_requests += 1
 
-    return {"raw_request_hook": on_request}
+    def on_response(response: PipelineResponse) -> None:
+        if response.http_request.method == "GET" and response.http_response.status_code in (200, 206):
+            statistics.lake_bytes_read += int(response.http_response.headers.get("Content-Length") or 0)
+
+    return {"raw_request_hook": on_request, "raw_response_hook": on_response}
 
 
 class Table:

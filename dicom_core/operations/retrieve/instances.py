@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from dicom_core.dicom.transcode import TARGET_SYNTAXES, can_transcode, transcode
 from dicom_core.errors import NotAcceptable
 from dicom_core.operations.retrieve.finding import find_instances, with_instance
-from dicom_core.operations.retrieve.reading import open_file, read
+from dicom_core.operations.retrieve.reading import as_received, open_file, read
 from dicom_core.operations.retrieve.streams import in_order, single, started
 from dicom_core.services import Services
 from dicom_core.storage.layout import InstanceKey, Scope
@@ -48,21 +48,30 @@ def check_transfer_syntax(instances: list[InstanceRecord], transfer_syntax: str)
             )
 
 
-async def retrieve_instances(services: Services, target: Scope, transfer_syntax: str) -> AsyncIterator[Part]:
+async def retrieve_instances(
+    services: Services, target: Scope, transfer_syntax: str, *, original: bool = False
+) -> AsyncIterator[Part]:
     """The instances of ``target`` as Part 10 files in ``transfer_syntax`` (``*``: as stored), in order.
 
+    With ``original``, each instance a bulk update changed comes as first received.
     The first file is opened before this returns, so that a failure to read it
     (removed, modified, archived) is the response's status, not a broken stream.
     One instance may come from the cached record (finding.with_instance).
     """
     if target.sop is not None and target.series is not None:
         key = InstanceKey(target.partition, target.study, target.series, target.sop)
-        return await with_instance(services, key, lambda instance: _started([instance], services, transfer_syntax))
-    return await _started(await find_instances(services, target), services, transfer_syntax)
+        return await with_instance(
+            services, key, lambda instance: _started([instance], services, transfer_syntax, original)
+        )
+    return await _started(await find_instances(services, target), services, transfer_syntax, original)
 
 
-async def _started(instances: list[InstanceRecord], services: Services, transfer_syntax: str) -> AsyncIterator[Part]:
+async def _started(
+    instances: list[InstanceRecord], services: Services, transfer_syntax: str, original: bool
+) -> AsyncIterator[Part]:
     check_transfer_syntax(instances, transfer_syntax)
+    if original:
+        instances = [as_received(instance) for instance in instances]
     return await started(in_order(instances, lambda instance: _open_instance(services, instance, transfer_syntax)))
 
 

@@ -13,6 +13,7 @@ import pydicom
 
 from dicom_core.dicom.json_model import instance_json
 from dicom_core.dicom.parse import pydicom_lock
+from dicom_core.operations.file_header import read_header
 from dicom_core.operations.retrieve.finding import find_instances
 from dicom_core.operations.retrieve.reading import read
 from dicom_core.operations.retrieve.streams import in_order
@@ -32,17 +33,18 @@ class Metadata:
     body: AsyncIterator[bytes]
 
 
-async def retrieve_metadata(services: Services, target: Scope, base_url: str) -> Metadata:
+async def retrieve_metadata(services: Services, target: Scope, base_url: str, *, original: bool = False) -> Metadata:
     """The DICOM JSON (PS3.18 Annex F) of the instances of ``target``, with absolute BulkDataURIs.
 
     One index read answers it. The ETag is a digest of the index entries (each
-    changes when its instance is stored again) and of ``base_url``.
+    changes when its instance is stored again) and of ``base_url``. With ``original``,
+    an instance a bulk update changed is described as first received, from its original's header.
     """
     instances = await find_instances(services, target, metadata=True)
-    digest = hashlib.sha256(base_url.encode())
+    digest = hashlib.sha256(f"{base_url}{' original' if original else ''}".encode())
     for instance in instances:
         digest.update(f"{instance.key.series}|{instance.key.sop}\0{instance.version}\0".encode())
-    return Metadata(f'"{digest.hexdigest()[:40]}"', _metadata_body(services, instances, base_url))
+    return Metadata(f'"{digest.hexdigest()[:40]}"', _metadata_body(services, instances, base_url, original))
 
 
 def _instance_url(base_url: str, instance: InstanceRecord) -> str:
@@ -50,10 +52,14 @@ def _instance_url(base_url: str, instance: InstanceRecord) -> str:
     return f"{base_url}/studies/{key.study}/series/{key.series}/instances/{key.sop}"
 
 
-async def _metadata_body(services: Services, instances: list[InstanceRecord], base_url: str) -> AsyncIterator[bytes]:
+async def _metadata_body(
+    services: Services, instances: list[InstanceRecord], base_url: str, original: bool
+) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
 
     def instance_json_bytes(instance: InstanceRecord) -> Awaitable[bytes]:
+        if original and instance.original_path is not None:
+            return _metadata_from_file(services, instance, base_url, original=True)
         if instance.metadata_json:
             done = loop.create_future()
             done.set_result(_absolute(instance.metadata_json, _instance_url(base_url, instance)))
@@ -83,17 +89,27 @@ def _absolute(model: bytes, instance_url: str) -> bytes:
     return model.replace(b'"BulkDataURI":"bulkdata/', b'"BulkDataURI":"' + instance_url.encode() + b"/bulkdata/")
 
 
-async def _metadata_from_file(services: Services, instance: InstanceRecord, base_url: str) -> bytes:
-    """The DICOM JSON of an instance whose metadata the index could not hold (over 64 KiB compressed)."""
-    data = await read(services, instance)
+async def _metadata_from_file(
+    services: Services, instance: InstanceRecord, base_url: str, *, original: bool = False
+) -> bytes:
+    """The DICOM JSON of an instance whose metadata the index could not hold (over 64 KiB compressed), or of its original.
+
+    An original's header is read (up to its Pixel Data, which it shares with the instance);
+    otherwise the whole file.
+    """
+    if original:
+        data = (await read_header(services.lake, instance.original_path or "")).data
+    else:
+        data = await read(services, instance)
+    pixel_data = (instance.metadata or {}).get(PIXEL_DATA_KEY)
 
     def build() -> bytes:
         with pydicom_lock:
             dataset = pydicom.dcmread(io.BytesIO(data), defer_size=_JSON_BATCH)
             model = instance_json(dataset, None)
-        pixel_data = model.get(PIXEL_DATA_KEY)
-        if pixel_data is not None:  # always a reference, as at store time, however small
-            model[PIXEL_DATA_KEY] = {"vr": pixel_data["vr"], "BulkDataURI": f"bulkdata/{PIXEL_DATA_KEY}"}
+        described = model.get(PIXEL_DATA_KEY) or pixel_data
+        if described is not None:  # always a reference, as at store time, however small
+            model[PIXEL_DATA_KEY] = {"vr": described["vr"], "BulkDataURI": f"bulkdata/{PIXEL_DATA_KEY}"}
         return _absolute(json.dumps(model, separators=(",", ":")).encode(), _instance_url(base_url, instance))
 
     return await asyncio.to_thread(build)

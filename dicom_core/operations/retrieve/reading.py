@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pydicom
 from azure.core.exceptions import HttpResponseError, ResourceModifiedError
@@ -24,6 +25,16 @@ from dicom_core.storage.records import InstanceRecord
 
 FILE_REMOVED = "file removed from the lake outside the API"
 FILE_CHANGED = "file modified in the lake outside the API"
+
+
+def as_received(instance: InstanceRecord) -> InstanceRecord:
+    """The instance as first received: its original when a bulk update kept one, else the instance itself.
+
+    An original is written once and never changed, so its reads need no ETag condition.
+    """
+    if instance.original_path is None:
+        return instance
+    return replace(instance, path=instance.original_path, etag="", cached=False)
 
 
 class StaleRecord(Exception):

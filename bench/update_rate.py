@@ -1,0 +1,93 @@
+"""Bulk update rate against the raw storage operations it needs, on a local Azurite (docs/bulk-update.md).
+
+``python -m bench.update_rate [studies] [instances per study]`` stores an archive through the app
+(in process), changes PatientID and PatientName of every study with POST /v2/studies/$bulkUpdate
+(the operations worker run directly, so no polling interval is counted), then performs on the same
+lake files, with the raw SDK and 8 at a time as the update does, the least any kept-original
+rewrite needs: Copy Blob to keep the original, then Put Block (a header), Put Block From URL (the
+rest) and Put Block List. Both rates are instances per second; the ratio is the update's share of
+what the storage allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+from azure.storage.blob import BlobBlock
+from azure.storage.blob.aio import BlobServiceClient
+
+from dicom_core.events import run_operations
+from dicom_core.http.app import create_app
+from dicom_core.local import azurite
+from dicom_core.services import Services
+from dicom_core.settings import Connection, Settings
+from tests.dicom_files import new_instance
+from tests.test_search import store
+
+_IN_FLIGHT = 8
+_HEADER = 4096  # about a CT header
+CHANGE = {"00100020": {"vr": "LO", "Value": ["MRN-0042"]}, "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]}}
+
+
+async def _raw_rewrites(services: Services, blobs: BlobServiceClient) -> tuple[int, float]:
+    """Per lake file: Copy Blob to a copy, then a header block, the rest staged from URL, the block list committed."""
+    sizes = {file.path: file.size async for file in services.lake.list(services.layout.partition_folder("Microsoft.Default"))}
+    paths = list(sizes)
+    sources = await services.lake.readable_urls(paths, timedelta(hours=1))
+    container = blobs.get_container_client(services.lake.file_system)
+    slots = asyncio.Semaphore(_IN_FLIGHT)
+    ids = [base64.b64encode(f"{n:08d}".encode()).decode() for n in range(2)]
+
+    async def rewrite(path: str, source: str) -> None:
+        async with slots:
+            blob = container.get_blob_client(path)
+            await container.get_blob_client(f"rawcopies/{path}").start_copy_from_url(source)
+            await blob.stage_block(ids[0], b"\0" * _HEADER)
+            await blob.stage_block_from_url(ids[1], source, source_offset=_HEADER, source_length=sizes[path] - _HEADER)
+            await blob.commit_block_list([BlobBlock(ids[0]), BlobBlock(ids[1])])
+
+    started = time.perf_counter()
+    await asyncio.gather(*(rewrite(path, source) for path, source in zip(paths, sources, strict=True)))
+    return len(paths), time.perf_counter() - started
+
+
+async def main(studies: int, per_study: int) -> None:
+    server = azurite.start(Path(tempfile.mkdtemp(prefix="update-bench-")))
+    try:
+        connection = Connection(connection_string=server.connection_string)
+        settings = Settings(lake=connection, index=connection, file_system="benchlake", table_prefix="bench")
+        services = await Services.open(settings)
+        blobs = BlobServiceClient.from_connection_string(server.connection_string)
+        uids = [f"1.2.840.99.{n}" for n in range(1, studies + 1)]
+        app = create_app(settings, services)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as client:
+            await store(client, [new_instance(study=uid, series=f"{uid}.1") for uid in uids for _ in range(per_study)])
+            for start in range(0, studies, 50):  # at most 50 studies per update, as Azure's
+                body = {"studyInstanceUids": uids[start : start + 50], "changeDataset": CHANGE}
+                assert (await client.post("/v2/studies/$bulkUpdate", json=body)).status_code == 202
+            started = time.perf_counter()
+            await run_operations(services, owner="bench")
+            seconds = time.perf_counter() - started
+            found = (await client.get("/v2/studies", params={"PatientID": "MRN-0042", "limit": 1000})).json()
+        assert len(found) == studies, f"{len(found)} of {studies} studies updated"
+        updated = studies * per_study
+        files, raw_seconds = await _raw_rewrites(services, blobs)
+        print(f"bulk update: {updated} instances ({studies} studies) in {seconds:.2f} s = {updated / seconds:.0f} instances/s")
+        print(f"raw copy + splice: {files} files in {raw_seconds:.2f} s = {files / raw_seconds:.0f} files/s")
+        print(f"update / raw: {updated / seconds / (files / raw_seconds):.2f}")
+        await blobs.close()
+        await services.close()
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    arguments = [int(value) for value in sys.argv[1:3]]
+    asyncio.run(main(*(arguments + [20, 50][len(arguments) :])))
