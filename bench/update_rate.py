@@ -72,14 +72,20 @@ async def main(studies: int, per_study: int) -> None:
             for start in range(0, studies, 50):  # at most 50 studies per update, as Azure's
                 body = {"studyInstanceUids": uids[start : start + 50], "changeDataset": CHANGE}
                 assert (await client.post("/v2/studies/$bulkUpdate", json=body)).status_code == 202
+            services.statistics.reset()
             started = time.perf_counter()
             await run_operations(services, owner="bench")
             seconds = time.perf_counter() - started
+            costs = services.statistics
             found = (await client.get("/v2/studies", params={"PatientID": "MRN-0042", "limit": 1000})).json()
         assert len(found) == studies, f"{len(found)} of {studies} studies updated"
         updated = studies * per_study
         files, raw_seconds = await _raw_rewrites(services, blobs)
         print(f"bulk update: {updated} instances ({studies} studies) in {seconds:.2f} s = {updated / seconds:.0f} instances/s")
+        print(
+            f"  per instance: {costs.lake_requests / updated:.2f} lake requests, {costs.requests / updated:.2f} index "
+            f"requests, {costs.lake_bytes_read / updated / 1024:.1f} KiB read"
+        )
         print(f"raw copy + splice: {files} files in {raw_seconds:.2f} s = {files / raw_seconds:.0f} files/s")
         print(f"update / raw: {updated / seconds / (files / raw_seconds):.2f}")
         await blobs.close()

@@ -309,7 +309,7 @@ async def test_a_request_for_the_original_of_an_instance_never_updated_gets_the_
 KILL_POINTS = [
     "Lake.copy:3",  # originals of two instances kept, the third not yet
     "Lake.splice:2",  # one file rewritten and indexed, the second's original kept but not rewritten
-    "Index.replace_instance:2",  # the second file rewritten, its index entry not: found by the version it replaced
+    "Index.replace_instances:1",  # every file rewritten, no index entry: each found by the version it replaced
     "ChangeFeedStore.append:1",  # every file and entry rewritten, nothing announced
     "Index.add_attributes:1",  # the study's instances done, the study entity not
 ]

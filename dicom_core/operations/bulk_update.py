@@ -4,7 +4,8 @@
 (operations/jobs.py). Its handler, ``BulkUpdateJob``, takes the studies in turn and up to a
 batch of instances per step. For each instance:
 
-1. read the file's header (ranged reads up to the Pixel Data element: operations/file_header.py);
+1. read the file's header (a ranged read up to the first frame, whose offset the index keeps:
+   operations/file_header.py);
 2. the first time the instance is changed, copy the file as received to its original's path
    (storage/layout.py ``original_path``), server-side;
 3. write the file again at its contract path: the new header, then the old file's bytes from
@@ -165,12 +166,19 @@ class BulkUpdateJob:
     ) -> list[InstanceRecord]:
         slots = asyncio.Semaphore(_INSTANCES_IN_FLIGHT)
 
-        async def one(record: InstanceRecord) -> InstanceRecord | str | None:
+        async def one(record: InstanceRecord) -> tuple[InstanceRecord, InstanceRecord] | str | None:
             async with slots:
-                return await update_instance(services, change, tags, record)
+                return await rewrite_instance(services, change, tags, record)
 
+        rewritten = await asyncio.gather(*(one(record) for record in batch))
+        changed = [outcome for outcome in rewritten if isinstance(outcome, tuple) and outcome[0] is not outcome[1]]
+        replaced = dict(zip([new.key for new, _ in changed], await services.index.replace_instances(changed), strict=True))
         updated = []
-        for record, outcome in zip(batch, await asyncio.gather(*(one(record) for record in batch)), strict=True):
+        for record, outcome in zip(batch, rewritten, strict=True):
+            if isinstance(outcome, tuple):
+                new, previous = outcome
+                # Stored again between the read and the entry's replacement: that version is updated, on its own.
+                outcome = new if new is previous or replaced[new.key] else await update_instance(services, change, tags, new.key)
             if isinstance(outcome, str):
                 _error(results, f"instance {record.key.sop} of study {record.key.study}: {outcome}")
                 state.failed = True
@@ -198,12 +206,32 @@ def _error(results: dict, message: str) -> None:
 
 
 async def update_instance(
-    services: Services, change: ChangeDataset, tags: list[TagDeclaration], record: InstanceRecord
+    services: Services, change: ChangeDataset, tags: list[TagDeclaration], key: InstanceKey
 ) -> InstanceRecord | str | None:
-    """Steps 1-4 of the module docstring for one instance: its new record, None when it was deleted, or why it failed."""
+    """Steps 1-4 of the module docstring for one instance, as it is now: its new record, None when it is not
+    stored, or why it failed."""
+    for _ in range(_ATTEMPTS):
+        record = await services.index.get_instance(key)
+        if record is None:
+            return None
+        rewritten = await rewrite_instance(services, change, tags, record)
+        if not isinstance(rewritten, tuple):
+            return rewritten
+        new, previous = rewritten
+        if new is previous or (await services.index.replace_instances([rewritten]))[0]:
+            return new
+    return f"it was stored again {_ATTEMPTS} times while it was updated; update the study again"
+
+
+async def rewrite_instance(
+    services: Services, change: ChangeDataset, tags: list[TagDeclaration], record: InstanceRecord
+) -> tuple[InstanceRecord, InstanceRecord] | str | None:
+    """Steps 1-3 for one instance: its new record and the one it replaces (both ``record`` when it has the new
+    values already), None when it was deleted, or why it cannot be updated. The index entry is not written."""
     for _ in range(_ATTEMPTS):
         try:
-            header = await read_header(services.lake, record.path)
+            first_frame = min((offset for frame in record.frame_ranges or [] for offset, _ in frame), default=None)
+            header = await read_header(services.lake, record.path, first_frame)
         except FileMissing:
             return None  # deleted meanwhile: nothing to update
         except HeaderTooLarge as error:
@@ -213,7 +241,7 @@ async def update_instance(
         if file.etag == record.etag:
             rewritten = await asyncio.to_thread(_rewrite, header.data, change, record.transfer_syntax, file.size)
             if rewritten is None:
-                return record  # it has the new values already: a step redone, or nothing to change
+                return record, record  # it has the new values already: a step redone, or nothing to change
             if record.original_path is None:
                 await services.lake.copy(record.path, original)
             shift = len(rewritten.data) - len(header.data)
@@ -237,12 +265,7 @@ async def update_instance(
                 f"its file {record.path} was modified in the lake outside the API; reconcile it "
                 "(python -m dicom_core reindex) and update the study again"
             )
-        new_record = updated_record(record, change, tags, written, shift, original, character_set)
-        if await services.index.replace_instance(new_record):
-            return new_record
-        record = await services.index.get_instance(record.key)
-        if record is None:
-            return None
+        return updated_record(record, change, tags, written, shift, original, character_set), record
     return f"it was stored again {_ATTEMPTS} times while it was updated; update the study again"
 
 

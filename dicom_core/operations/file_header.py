@@ -25,9 +25,13 @@ class FileHeader:
     blob_metadata: dict[str, str]
 
 
-async def read_header(lake: Lake, path: str) -> FileHeader:
-    """The header of the file at ``path``: one ranged read, more only for a header over FIRST_READ bytes."""
-    length = FIRST_READ
+async def read_header(lake: Lake, path: str, ends_before: int | None = None) -> FileHeader:
+    """The header of the file at ``path``: one ranged read, more only for a header over FIRST_READ bytes.
+
+    ``ends_before``: an offset the header is known to end before (the first frame's, from the
+    index), so that the one read takes the header and nothing of the pixel data.
+    """
+    length = ends_before or FIRST_READ
     while True:
         data, file, metadata = await lake.head(path, length)
         end = await asyncio.to_thread(header_end, data, file.size)

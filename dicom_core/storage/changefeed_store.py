@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,6 +53,7 @@ CURRENT, REPLACED, DELETED = "current", "replaced", "deleted"
 # STOW of 49 new instances is one transaction.
 _MAX_OPERATIONS = 100
 _RETRIES = 200
+_RANGE_READ_FROM = 4  # pointers of a study read by one range query rather than point reads
 _EPOCH = datetime(1, 1, 1, tzinfo=UTC)
 
 
@@ -147,7 +149,7 @@ class ChangeFeedStore(Table):
         for attempt in range(_RETRIES):
             counter, pointers = await asyncio.gather(
                 _known(known) if attempt == 0 and known is not None else self._counter(),
-                asyncio.gather(*(self._pointer(change, guess=attempt == 0) for change in changes)),
+                self._pointers(changes, guess=attempt == 0),
             )
             last = counter.last if counter else 0
             now = max(datetime.now(UTC), counter.time if counter else _EPOCH)
@@ -190,10 +192,31 @@ class ChangeFeedStore(Table):
         entity = await self._get(COUNTER)
         return None if entity is None else _Counter(int(entity["Last"]), entity["LastTime"], entity.metadata["etag"])
 
-    async def _pointer(self, change: Change, *, guess: bool) -> Any:
-        if guess and change.probably_new:
-            return None
-        return await self._get(pointer_row_key(change.key))
+    async def _pointers(self, changes: Sequence[Change], *, guess: bool) -> list[Any]:
+        """The pointer entity of each change (None: none yet, or guessed new).
+
+        Pointers of one study are neighbours in key order, so several changes of a study (a
+        delete of the study, a bulk update, a PUT of a series) are read with one range query
+        from the first to the last, instead of one point read each.
+        """
+        wanted: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for change in changes:
+            if not (guess and change.probably_new):
+                wanted[(change.key.partition, change.key.study)].append(pointer_row_key(change.key))
+        found: dict[str, Any] = {}
+
+        async def read(row_keys: list[str]) -> None:
+            if len(row_keys) < _RANGE_READ_FROM:
+                for row_key, entity in zip(row_keys, await asyncio.gather(*map(self._get, row_keys)), strict=True):
+                    found[row_key] = entity
+                return
+            query = "PartitionKey eq @pk and RowKey ge @low and RowKey le @high"
+            parameters = {"pk": FEED_PARTITION, "low": min(row_keys), "high": max(row_keys)}
+            async for entity in self.client.query_entities(query, parameters=parameters, results_per_page=1000):
+                found[entity["RowKey"]] = entity
+
+        await asyncio.gather(*(read(row_keys) for row_keys in wanted.values()))
+        return [found.get(pointer_row_key(change.key)) for change in changes]
 
     async def _get(self, row_key: str) -> Any:
         try:

@@ -38,7 +38,7 @@ from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableEntity, UpdateMode
+from azure.data.tables import TableEntity, TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
 from dicom_core.dicom.levels import SERIES_TAGS, STUDY_TAGS, Level, level_json
@@ -63,6 +63,8 @@ _MAX_BINARY = 64 * 1024  # Table Storage's limit for one binary property
 _CONCURRENCY_RETRIES = 50
 _MODALITY = "00080060"
 _PAGE = 1000  # Table Storage's largest page
+_MAX_TRANSACTION = 100  # operations in one entity-group transaction
+_MAX_TRANSACTION_BYTES = 2 * 1024 * 1024  # well under the 4 MiB a transaction may carry
 # Instance columns read unless the metadata is asked for: everything but the DICOM JSON, the largest.
 _INSTANCE_SUMMARY = [
     *UID_COLUMNS, "SOPClassUID", "Path", "Size", "ETag", "TransferSyntaxUID", "NumberOfFrames", "FrameRanges", "Attributes",
@@ -300,15 +302,41 @@ class Index:
         await self.lookup.put(instance_entries(record))  # first: an entity is never visible without its entries
         await self._instances.client.upsert_entity(_instance_entity(record), mode=UpdateMode.REPLACE)
 
-    async def replace_instance(self, record: InstanceRecord) -> bool:
-        """Replace the instance entity read as ``record.version`` by ``record``; False when it changed or went since."""
-        self._cached.forget([record.key])
-        await self.lookup.put(instance_entries(record))
+    async def replace_instances(self, changed: list[tuple[InstanceRecord, InstanceRecord]]) -> list[bool]:
+        """Replace instance entities of one study, each ``(record, previous)`` read as ``previous.version``.
+
+        In transactions of up to 100 entities and ~2 MiB, each operation conditional on its
+        entity's ETag; the lookup entries ``record`` has and ``previous`` had not go first. When a
+        transaction fails (an entity changed or went since it was read), its entities are
+        replaced one by one. Whether each was replaced; False when it changed or went since.
+        """
+        self._cached.forget(record.key for record, _ in changed)
+        await self.lookup.put(
+            entry for record, previous in changed for entry in set(instance_entries(record)) - set(instance_entries(previous))
+        )
+        replaced: list[bool] = []
+        batch: list[tuple[str, dict, dict]] = []
+        size = 0
+        for record, previous in changed:
+            prepared = self.prepare_instance(record)
+            condition = {"etag": previous.version, "match_condition": MatchConditions.IfNotModified}
+            batch.append(("update", prepared.entity, {"mode": UpdateMode.REPLACE, **condition}))
+            size += prepared.size
+            if len(batch) == _MAX_TRANSACTION or size >= _MAX_TRANSACTION_BYTES:
+                replaced += await self._replace_batch(batch)
+                batch, size = [], 0
+        return replaced + (await self._replace_batch(batch) if batch else [])
+
+    async def _replace_batch(self, batch: list[tuple[str, dict, dict]]) -> list[bool]:
         try:
-            await self._instances.client.update_entity(
-                _instance_entity(record), mode=UpdateMode.REPLACE, etag=record.version,
-                match_condition=MatchConditions.IfNotModified,
-            )  # fmt: skip
+            await self._instances.client.submit_transaction(batch)
+            return [True] * len(batch)
+        except TableTransactionError:
+            return [await self._replace_one(entity, options) for _, entity, options in batch]
+
+    async def _replace_one(self, entity: dict, options: dict) -> bool:
+        try:
+            await self._instances.client.update_entity(entity, **options)
         except (ResourceModifiedError, ResourceNotFoundError):
             return False
         return True
