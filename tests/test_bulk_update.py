@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import numpy as np
 import pydicom
 import pytest
@@ -25,11 +26,12 @@ from dicom_core.operations.check import check
 from dicom_core.operations.reconcile import contract_files, reindex
 from dicom_core.services import Services
 from dicom_core.storage.layout import InstanceKey
-from tests.dicom_files import minimal_instance, new_instance, preamble_zeroed
+from tests.dicom_files import minimal_instance, multipart, new_instance, preamble_zeroed, stow_headers
 from tests.environments import server_environment
+from tests.server import running_server
 from tests.test_analytics import read, rows_by_sop
 from tests.test_export import lake_file
-from tests.test_extended_query_tags import operation
+from tests.test_extended_query_tags import add_tags, operation
 from tests.test_search import store
 
 DEFAULT = "Microsoft.Default"
@@ -282,6 +284,19 @@ async def test_a_study_being_updated_cannot_be_updated_by_a_second_request(clien
     assert (await start(client, [keys_of(data)[0]], RIGHT)).status_code == 202  # once it finished
 
 
+async def test_an_extended_query_tag_follows_the_new_value(client, services):
+    data = new_instance(PatientAge="040Y", PatientWeight="70")
+    await store(client, [data])
+    await add_tags(client, [{"path": "PatientAge", "level": "Study"}, {"path": "PatientWeight", "level": "Instance"}])
+    assert await run_operations(services, owner="reindexer") == 1
+    change = {"00101010": {"vr": "AS", "Value": ["041Y"]}, "00101030": {"vr": "DS", "Value": [71.5]}}
+    assert (await updated(client, services, [keys_of(data)[0]], change))["status"] == "completed"
+    assert len((await client.get("/v2/studies", params={"PatientAge": "041Y"})).json()) == 1
+    assert (await client.get("/v2/studies", params={"PatientAge": "040Y"})).json() == []
+    assert len((await client.get("/v2/instances", params={"PatientWeight": "71.5"})).json()) == 1
+    assert (await client.get("/v2/instances", params={"PatientWeight": "70"})).json() == []
+
+
 async def test_in_a_partition(client, services):
     data = new_instance(patient_id="WRONG")
     await store(client, [data], url="/v2/partitions/ward7/studies")
@@ -317,7 +332,8 @@ KILL_POINTS = [
 
 @pytest.mark.parametrize("kill_at", KILL_POINTS)
 async def test_an_update_killed_mid_way_resumes_and_leaves_every_instance_updated_once(client, services, settings, kill_at):
-    instances = [new_instance(patient_id="WRONG", study=(study := generate_uid())) for _ in range(1)]
+    study = generate_uid()
+    instances = [new_instance(patient_id="WRONG", study=study)]
     instances += [new_instance(patient_id="WRONG", study=study, template="emri_small.dcm") for _ in range(3)]
     await store(client, instances)
     feed_before = (await client.get("/v2/changefeed/latest")).json()["Sequence"]
@@ -342,3 +358,28 @@ async def test_an_update_killed_mid_way_resumes_and_leaves_every_instance_update
     new = [entry for entry in feed if entry["Sequence"] > feed_before]
     assert sorted(entry["SopInstanceUid"] for entry in new) == sorted(keys_of(sent)[2] for sent in instances)
     assert await check(services) == []
+
+
+def test_the_running_server_updates_in_the_background_and_serves_the_original(settings, tmp_path):
+    """The PACS administrator's story against ``python -m dicom_core serve``: its own worker runs the update."""
+    study = generate_uid()
+    parts = [new_instance(patient_id="WRONG", study=study) for _ in range(2)]
+    body, boundary = multipart(parts)
+    with running_server(settings, tmp_path / "server.log", {"DICOM_OPERATION_POLL_SECONDS": "1"}) as (url, _):
+        assert httpx.post(f"{url}/studies", content=body, headers=stow_headers(boundary), timeout=60).status_code == 200
+        started = httpx.post(f"{url}/studies/$bulkUpdate", json={"studyInstanceUids": [study], "changeDataset": RIGHT})
+        assert started.status_code == 202, started.text
+        deadline = time.monotonic() + 120
+        while (state := httpx.get(started.json()["href"]).json())["status"] not in ("completed", "failed"):
+            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        assert state["results"]["instanceUpdated"] == 2, (state["status"], state["results"])
+        found = httpx.get(f"{url}/studies", params={"PatientID": "RIGHT-7"}).json()
+        assert [match["0020000D"]["Value"][0] for match in found] == [study]
+        headers = {"Accept": "application/dicom; transfer-syntax=*"}
+        current = httpx.get(f"{url}{instance_url(parts[0]).removeprefix('/v2')}", headers=headers)
+        original = httpx.get(
+            f"{url}{instance_url(parts[0]).removeprefix('/v2')}", headers=headers | {"msdicom-request-original": "true"}
+        )
+    assert dataset(current.content).PatientID == "RIGHT-7"
+    assert original.content == preamble_zeroed(parts[0])
