@@ -10,22 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import tempfile
-import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import httpx
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 from azure.storage.blob.aio import BlobServiceClient
 
+from bench.in_process import gathered, in_process_service, store_archive
 from dicom_core.events import run_operations
-from dicom_core.http.app import create_app
 from dicom_core.local import azurite
 from dicom_core.services import Services
-from dicom_core.settings import Connection, Settings
-from tests.dicom_files import new_instance
-from tests.test_search import store
 
 _IN_FLIGHT = 16
 
@@ -49,43 +42,28 @@ async def _plain_copy(services: Services, blobs: BlobServiceClient, target: str)
         async with slots:
             await container.get_blob_client(path).start_copy_from_url(source)
 
-    started = time.perf_counter()
-    await asyncio.gather(*(copy(path, source) for path, source in zip(paths, sources, strict=True)))
-    return len(paths), time.perf_counter() - started
+    return len(paths), await gathered([copy(path, source) for path, source in zip(paths, sources, strict=True)])
 
 
 async def main(studies: int, per_study: int) -> None:
-    server = azurite.start(Path(tempfile.mkdtemp(prefix="export-bench-")))
-    try:
-        connection = Connection(connection_string=server.connection_string)
-        settings = Settings(lake=connection, index=connection, file_system="benchlake", table_prefix="bench")
-        services = await Services.open(settings)
-        blobs = BlobServiceClient.from_connection_string(server.connection_string)
+    async with in_process_service("export") as bench:
+        services, blobs, client = bench.services, bench.blobs, bench.client
         for name in ("exported", "copied"):
             await blobs.get_container_client(name).create_container()
-        uids = [f"1.2.840.99.{n}" for n in range(1, studies + 1)]
-        app = create_app(settings, services)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as client:
-            await store(client, [new_instance(study=uid, series=f"{uid}.{s}") for uid in uids for s in range(per_study)])
-            body = {
-                "source": {"type": "identifiers", "settings": {"values": uids}},
-                "destination": {"type": "azureblob", "settings": {"blobContainerUri": _sas_url(server, "exported")}},
-            }
-            response = await client.post("/v2/export", json=body)
-            operation_url = response.json()["href"].removeprefix("http://bench")
-            started = time.perf_counter()
-            await run_operations(services, owner="bench")
-            seconds = time.perf_counter() - started
-            results = (await client.get(operation_url)).json()["results"]
+        uids = await store_archive(client, studies, per_study, series_per_study=per_study)
+        body = {
+            "source": {"type": "identifiers", "settings": {"values": uids}},
+            "destination": {"type": "azureblob", "settings": {"blobContainerUri": _sas_url(bench.server, "exported")}},
+        }
+        response = await client.post("/v2/export", json=body)
+        operation_url = response.json()["href"].removeprefix("http://bench")
+        seconds = await gathered([run_operations(services, owner="bench")])
+        results = (await client.get(operation_url)).json()["results"]
         files, copy_seconds = await _plain_copy(services, blobs, "copied")
         exported = results["exported"]
         print(f"export: {exported} files ({studies} studies) in {seconds:.2f} s = {exported / seconds:.0f} files/s")
         print(f"plain Copy Blob: {files} files in {copy_seconds:.2f} s = {files / copy_seconds:.0f} files/s")
         print(f"export / plain copy: {exported / seconds / (files / copy_seconds):.2f}")
-        await blobs.close()
-        await services.close()
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

@@ -14,22 +14,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import sys
-import tempfile
-import time
 from datetime import timedelta
-from pathlib import Path
 
-import httpx
 from azure.storage.blob import BlobBlock
 from azure.storage.blob.aio import BlobServiceClient
 
+from bench.in_process import gathered, in_process_service, store_archive
 from dicom_core.events import run_operations
-from dicom_core.http.app import create_app
-from dicom_core.local import azurite
 from dicom_core.services import Services
-from dicom_core.settings import Connection, Settings
-from tests.dicom_files import new_instance
-from tests.test_search import store
 
 _IN_FLIGHT = 8
 _HEADER = 4096  # about a CT header
@@ -53,34 +45,23 @@ async def _raw_rewrites(services: Services, blobs: BlobServiceClient) -> tuple[i
             await blob.stage_block_from_url(ids[1], source, source_offset=_HEADER, source_length=sizes[path] - _HEADER)
             await blob.commit_block_list([BlobBlock(ids[0]), BlobBlock(ids[1])])
 
-    started = time.perf_counter()
-    await asyncio.gather(*(rewrite(path, source) for path, source in zip(paths, sources, strict=True)))
-    return len(paths), time.perf_counter() - started
+    return len(paths), await gathered([rewrite(path, source) for path, source in zip(paths, sources, strict=True)])
 
 
 async def main(studies: int, per_study: int) -> None:
-    server = azurite.start(Path(tempfile.mkdtemp(prefix="update-bench-")))
-    try:
-        connection = Connection(connection_string=server.connection_string)
-        settings = Settings(lake=connection, index=connection, file_system="benchlake", table_prefix="bench")
-        services = await Services.open(settings)
-        blobs = BlobServiceClient.from_connection_string(server.connection_string)
-        uids = [f"1.2.840.99.{n}" for n in range(1, studies + 1)]
-        app = create_app(settings, services)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as client:
-            await store(client, [new_instance(study=uid, series=f"{uid}.1") for uid in uids for _ in range(per_study)])
-            for start in range(0, studies, 50):  # at most 50 studies per update, as Azure's
-                body = {"studyInstanceUids": uids[start : start + 50], "changeDataset": CHANGE}
-                assert (await client.post("/v2/studies/$bulkUpdate", json=body)).status_code == 202
-            services.statistics.reset()
-            started = time.perf_counter()
-            await run_operations(services, owner="bench")
-            seconds = time.perf_counter() - started
-            costs = services.statistics
-            found = (await client.get("/v2/studies", params={"PatientID": "MRN-0042", "limit": 1000})).json()
+    async with in_process_service("update") as bench:
+        services, client = bench.services, bench.client
+        uids = await store_archive(client, studies, per_study)
+        for start in range(0, studies, 50):  # at most 50 studies per update, as Azure's
+            body = {"studyInstanceUids": uids[start : start + 50], "changeDataset": CHANGE}
+            assert (await client.post("/v2/studies/$bulkUpdate", json=body)).status_code == 202
+        services.statistics.reset()
+        seconds = await gathered([run_operations(services, owner="bench")])
+        costs = services.statistics
+        found = (await client.get("/v2/studies", params={"PatientID": "MRN-0042", "limit": 1000})).json()
         assert len(found) == studies, f"{len(found)} of {studies} studies updated"
         updated = studies * per_study
-        files, raw_seconds = await _raw_rewrites(services, blobs)
+        files, raw_seconds = await _raw_rewrites(services, bench.blobs)
         print(f"bulk update: {updated} instances ({studies} studies) in {seconds:.2f} s = {updated / seconds:.0f} instances/s")
         print(
             f"  per instance: {costs.lake_requests / updated:.2f} lake requests, {costs.requests / updated:.2f} index "
@@ -88,10 +69,6 @@ async def main(studies: int, per_study: int) -> None:
         )
         print(f"raw copy + splice: {files} files in {raw_seconds:.2f} s = {files / raw_seconds:.0f} files/s")
         print(f"update / raw: {updated / seconds / (files / raw_seconds):.2f}")
-        await blobs.close()
-        await services.close()
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":
