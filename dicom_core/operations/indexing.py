@@ -31,6 +31,7 @@ class DescribedInstance:
 
     parsed: ParsedInstance
     metadata: dict
+    metadata_json: bytes  # ``metadata`` encoded, in the worker thread that parsed it rather than on the event loop
     study_attributes: dict
     series_attributes: dict
     instance_attributes: dict
@@ -52,6 +53,7 @@ def describe_instance(
     return DescribedInstance(
         parsed=parsed,
         metadata=metadata,
+        metadata_json=json.dumps(metadata, separators=(",", ":")).encode(),
         study_attributes=level_json(metadata, STUDY_TAGS) | values[Level.STUDY],
         series_attributes=level_json(metadata, SERIES_TAGS) | values[Level.SERIES],
         instance_attributes=level_json(metadata, INSTANCE_TAGS) | values[Level.INSTANCE],
@@ -86,7 +88,7 @@ def index_entries(
         transfer_syntax=parsed.transfer_syntax,
         number_of_frames=parsed.number_of_frames,
         frame_ranges=parsed.frame_ranges,
-        metadata_json=json.dumps(described.metadata, separators=(",", ":")).encode(),
+        metadata_json=described.metadata_json,
         attributes=described.instance_attributes,
     )
     update = LevelUpdate(

@@ -9,8 +9,8 @@ entity (in transactions of up to 100 per study). Then, once per request:
   storage/delete_journal.py was set or changed), each of its new files is looked at
   again, and an instance whose file that delete removed is taken out of the index and
   reported failed: a store racing a delete ends stored and counted, or refused;
-- the change feed announces the new versions;
-- every series touched is recounted from its instance entities, and its study from
+- at the same time, the change feed announces the new versions, and every series
+  touched is recounted from its instance entities, and its study from
   its series (storage/index.py ``refresh``), instances already stored included, so a
   retry of a request that was cut off repairs the counts and the feed it left behind.
 
@@ -182,8 +182,11 @@ async def store_instances(services: Services, request: StoreRequest, parts: Asyn
     try:
         await deletes.withdraw_what_they_removed(entities.indexed)
         touched = [pending for _, pending in entities.indexed] + entities.duplicates
-        await _announce(services, [pending for pending in touched if pending.announce])
-        await _record_levels(services, [pending.update for pending in touched])
+        # Independent of each other once the entities are in: the feed and the counts are written at once.
+        await asyncio.gather(
+            _announce(services, [pending for pending in touched if pending.announce]),
+            _record_levels(services, [pending.update for pending in touched]),
+        )
     except STORAGE_FAILURES as error:
         raise StorageUnavailable(describe_failure("updating the study and series index entries", error)) from error
 
@@ -293,7 +296,8 @@ class _InstanceEntityBatches:
         self.duplicates.append(pending)
 
     async def add(self, outcome: InstanceOutcome, pending: _PendingEntity) -> None:
-        prepared = self._services.index.prepare_instance(pending.record)
+        # Encoding the entity (its DICOM JSON compressed) is CPU work: a worker thread, not the event loop.
+        prepared = await asyncio.to_thread(self._services.index.prepare_instance, pending.record)
         key = pending.record.key
         study = (key.partition, key.study)
         batch = self._open.setdefault(study, [])
