@@ -122,7 +122,8 @@ def reindex(arguments: argparse.Namespace) -> int:
         print(
             f"reindex: {len(files)} files; added {counts['added']}, refreshed {counts['refreshed']}, "
             f"removed {counts['removed']} entries without a file, finished {summary.deletes_finished} interrupted "
-            f"deletes, recounted {summary.studies_recounted} studies, unchanged {counts['unchanged']}, "
+            f"deletes, recounted {summary.studies_recounted} studies, removed {summary.originals_removed} originals of "
+            f"instances no longer stored, unchanged {counts['unchanged']}, "
             f"rejected {len(summary.rejected)}, failed {len(summary.failed)}"
         )
         for path, reason in summary.rejected:

@@ -155,6 +155,17 @@ async def test_two_studies_show_the_corrected_patient_everywhere_and_keep_their_
     summary = await reindex(services, await contract_files(services))
     assert summary.counts["added"] == summary.counts["refreshed"] == summary.counts["removed"] == 0
 
+    # An instance whose file is removed outside the API: the checker reports its original, reindex removes it.
+    gone = InstanceKey(DEFAULT, *keys_of(a[2]))
+    await services.lake.delete(services.layout.instance_path(gone))
+    stray = services.layout.original_path(InstanceKey(DEFAULT, study_a, "1.2.3", "1.2.3.4"))
+    await services.lake.write(stray, io.BytesIO(a[0]), len(a[0]), overwrite=False)
+    problems = [str(violation) for violation in await check(services)]
+    assert f"[7] {stray}: an original of an instance that is not stored" in problems
+    summary = await reindex(services, await contract_files(services))
+    assert (summary.counts["removed"], summary.originals_removed) == (1, 2)
+    assert await check(services) == []
+
     # DELETE removes the originals of what it deletes, and only those.
     assert (await client.delete(f"/v2/studies/{study_a}")).status_code == 204
     left = [file.path async for file in services.lake.list(f"{services.layout.root}originals/")]

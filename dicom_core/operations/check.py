@@ -10,7 +10,9 @@ The lake is the truth; the index and the change feed must agree with it:
    no series or study entity is left without instances;
 5. the change feed is gap-free, and it announces each current instance's version and
    nothing else as current;
-6. no delete is left half-done in the delete journal.
+6. no delete is left half-done in the delete journal;
+7. every original a bulk update kept belongs to a stored instance, and every instance whose entry
+   names its original has it (docs/bulk-update.md).
 
 ``check`` reads everything (files, entities, the feed): it is a tool for operators and
 tests, never part of a request. ``python -m dicom_core check`` prints each violation.
@@ -65,7 +67,21 @@ async def check(services: Services) -> list[Violation]:
     violations += await _check_levels(services, instances.keys())
     violations += await _check_feed(services, instances)
     violations += [Violation(6, services.layout.instance_path(key), "an unfinished delete is in the journal") for key in journal]
+    violations += await _check_originals(services, instances, journal)
     return sorted(violations, key=lambda violation: (violation.invariant, violation.where))
+
+
+async def _check_originals(services: Services, instances: dict, journal: set[InstanceKey]) -> list[Violation]:
+    layout = services.layout
+    originals = {file.path async for file in services.lake.list(layout.originals_root)}
+    violations = [
+        Violation(7, record.path, f"its entry names the original {record.original_path}, which is not there")
+        for record in instances.values()
+        if record.original_path and record.original_path not in originals
+    ]
+    owned = {layout.original_path(key) for key in instances.keys() | journal}
+    violations += [Violation(7, path, "an original of an instance that is not stored") for path in originals - owned]
+    return violations
 
 
 async def _check_levels(services: Services, keys) -> list[Violation]:

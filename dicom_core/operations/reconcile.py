@@ -141,6 +141,7 @@ class ReindexSummary:
     rejected: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     deletes_finished: int = 0  # instances of interrupted deletes finished
+    originals_removed: int = 0  # originals of instances no longer stored
     studies_recounted: int = 0  # studies whose series or study counts were wrong and are now right
 
     def add(self, result: ReconcileResult) -> None:
@@ -202,7 +203,21 @@ async def reindex(
             missing.append(record.path)
     await asyncio.gather(*(one(path, None) for path in missing))
     summary.studies_recounted = await _recount(services, partition, series_of)
+    summary.originals_removed = await _remove_orphan_originals(services, partition)
     return summary
+
+
+async def _remove_orphan_originals(services: Services, partition: str | None) -> int:
+    """Delete the originals kept by bulk updates of instances no longer stored (removed outside the API); how many."""
+    layout = services.layout
+    prefix = layout.originals_root + (layout.partition_folder(partition).removeprefix(layout.root) if partition else "")
+    originals = [file.path async for file in services.lake.list(prefix)]
+    if not originals:
+        return 0
+    stored = {layout.original_path(record.key) async for record in services.index.all_instances(partition)}
+    orphans = [path for path in originals if path not in stored]
+    await asyncio.gather(*(services.lake.delete(path) for path in orphans))
+    return len(orphans)
 
 
 async def _recount(services: Services, partition: str | None, series_of: dict[tuple[str, str], set[str]]) -> int:

@@ -70,7 +70,7 @@ _INSTANCE_SUMMARY = [
     *UID_COLUMNS, "SOPClassUID", "Path", "Size", "ETag", "TransferSyntaxUID", "NumberOfFrames", "FrameRanges", "Attributes",
     "StoredAt", "OriginalPath",
 ]  # fmt: skip
-_INSTANCE_SWEEP = [*UID_COLUMNS, "Path", "ETag"]
+_INSTANCE_SWEEP = [*UID_COLUMNS, "Path", "ETag", "OriginalPath"]
 INSTANCE_CACHE_BYTES = 16 * 1024 * 1024
 """About how much memory the instance records one process keeps may take (least recently used out first)."""
 # Estimated memory of a cached record (it has no DICOM JSON): its attributes, plus each (offset, length) of its frames.

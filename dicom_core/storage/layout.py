@@ -67,6 +67,10 @@ class LakeLayout:
     def analytics_folder(self) -> str:
         return f"{self.root}{ANALYTICS_FOLDER}/"
 
+    @property
+    def originals_root(self) -> str:
+        return f"{self.root}{ORIGINALS_FOLDER}/"
+
     def partition_folder(self, partition: str) -> str:
         _check_partition(partition)
         return f"{self.root}{partition}/"
@@ -85,10 +89,10 @@ class LakeLayout:
 
     def original_path(self, key: InstanceKey) -> str:
         """Where a bulk update keeps the instance as first received: outside every partition, so never indexed."""
-        return f"{self.root}{ORIGINALS_FOLDER}/{self.instance_path(key).removeprefix(self.root)}"
+        return f"{self.originals_root}{self.instance_path(key).removeprefix(self.root)}"
 
     def originals_folder(self, partition: str, study: str) -> str:
-        return f"{self.root}{ORIGINALS_FOLDER}/{self.study_folder(partition, study).removeprefix(self.root)}"
+        return f"{self.originals_root}{self.study_folder(partition, study).removeprefix(self.root)}"
 
     def parse_instance_path(self, path: str) -> InstanceKey | None:
         """The key of a contract path, or None for anything outside the layout (health files included)."""
