@@ -81,9 +81,13 @@ _FRAME_RANGE_BYTES = 128
 # -- encodings --------------------------------------------------------------------------------------
 
 
-def _compressed(data: bytes, level: int = 6) -> bytes | None:
-    """``data`` compressed, or None when that is still too large for one property."""
-    encoded = zlib.compress(data, level)
+def _compressed(data: bytes) -> bytes | None:
+    """``data`` compressed, or None when that is still too large for one property.
+
+    zlib's default level: a CT's DICOM JSON takes 2.2 KB against 2.7 at level 1, for 0.07 ms more,
+    and every byte of an entity counts twice on Azurite, which rewrites its whole table file every 5 s.
+    """
+    encoded = zlib.compress(data, 6)
     return encoded if len(encoded) <= _MAX_BINARY else None
 
 
@@ -114,7 +118,7 @@ def _instance_entity(record: InstanceRecord) -> dict[str, Any]:
     frame_ranges = _encode_frame_ranges(record.frame_ranges)
     if frame_ranges is not None:
         entity["FrameRanges"] = frame_ranges
-    metadata = _compressed(record.metadata_json, 1) if record.metadata_json else None
+    metadata = _compressed(record.metadata_json) if record.metadata_json else None
     if metadata is not None:
         entity["Metadata"] = metadata
     if record.original_path:
