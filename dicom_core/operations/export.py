@@ -25,7 +25,8 @@ from dicom_core.errors import BadRequest
 from dicom_core.operations import jobs
 from dicom_core.operations.jobs import OperationFailed, Progress
 from dicom_core.services import Services
-from dicom_core.storage.export_destination import CopyFailed, DestinationRefused, ExportDestination
+from dicom_core.storage.export_destination import DestinationRefused, ExportDestination
+from dicom_core.storage.lake import CopyFailed
 from dicom_core.storage.layout import InstanceKey
 from dicom_core.storage.records import InstanceRecord, OperationRecord
 

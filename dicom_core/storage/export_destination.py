@@ -9,7 +9,6 @@ and no step reads the log back to rewrite it.
 
 from __future__ import annotations
 
-import asyncio
 from urllib.parse import urlsplit, urlunsplit
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
@@ -17,6 +16,7 @@ from azure.storage.blob.aio import ContainerClient
 
 from dicom_core.settings import Connection
 from dicom_core.storage import connections
+from dicom_core.storage.lake import CopyFailed, copy_from_url
 from dicom_core.storage.tables import RequestStatistics, lake_hooks
 
 # The error codes of a destination that refuses the service (as opposed to one file failing).
@@ -29,16 +29,10 @@ _REFUSALS = {
     "ContainerNotFound": "the container does not exist",
     "ContainerBeingDeleted": "the container is being deleted",
 }
-_COPY_WAIT_SECONDS = 0.5
-_COPY_POLLS = 600  # five minutes for one file: a cross-account copy Azure finishes asynchronously
 
 
 class DestinationRefused(Exception):
     """The destination cannot be written; the message says why (and holds no secret)."""
-
-
-class CopyFailed(Exception):
-    """One file could not be copied; the message says why."""
 
 
 def without_query(url: str) -> str:
@@ -101,15 +95,8 @@ class ExportDestination:
 
     async def copy(self, name: str, source_url: str) -> None:
         """Copy the file at ``source_url`` (readable by its SAS) to blob ``name``, server-side; done when it returns."""
-        blob = self._container.get_blob_client(name)
         try:
-            copy = await blob.start_copy_from_url(source_url)
-            status = copy.get("copy_status")
-            for _ in range(_COPY_POLLS):
-                if status != "pending":
-                    break
-                await asyncio.sleep(_COPY_WAIT_SECONDS)
-                status = (await blob.get_blob_properties()).copy.status
+            status = await copy_from_url(self._container.get_blob_client(name), source_url)
         except ResourceNotFoundError as error:
             raise _refusal(error) or CopyFailed(f"the source file is missing ({error.error_code})") from None
         except HttpResponseError as error:

@@ -27,7 +27,7 @@ from typing import BinaryIO
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobBlock, BlobSasPermissions, ContentSettings, generate_blob_sas
-from azure.storage.blob.aio import BlobServiceClient
+from azure.storage.blob.aio import BlobClient, BlobServiceClient
 from azure.storage.filedatalake.aio import DataLakeServiceClient
 
 STAGING_FOLDER = "staging"  # at the file-system root, outside AHDS/: never part of the contract
@@ -35,6 +35,7 @@ _CONTENT_TYPE = "application/dicom"
 _UPLOAD_CONCURRENCY = 2
 _COPY_SAS_LIFETIME = timedelta(hours=1)  # a server-side copy reads its source within seconds
 _COPY_POLL_SECONDS = 0.5
+_COPY_POLLS = 600  # five minutes for one file: a cross-account copy Azure finishes asynchronously
 _SPLICE_BLOCK = 256 * 1024 * 1024  # bytes one Put Block From URL stages (the service allows 4000 MiB)
 
 
@@ -52,7 +53,23 @@ class FileMissing(Exception):
 
 
 class CopyFailed(Exception):
-    """The storage service did not complete a server-side copy."""
+    """A server-side copy of one file did not complete; the message says why."""
+
+
+async def copy_from_url(blob: BlobClient, source_url: str) -> str:
+    """Copy Blob from ``source_url`` (readable by its SAS) to ``blob``; its final status, ``success`` when done.
+
+    Mostly done when the call returns; otherwise the copy's status is polled, for at most
+    _COPY_POLLS times _COPY_POLL_SECONDS (a copy still pending then ends ``pending``).
+    """
+    copy = await blob.start_copy_from_url(source_url)
+    status = copy.get("copy_status")
+    for _ in range(_COPY_POLLS):
+        if status != "pending":
+            break
+        await asyncio.sleep(_COPY_POLL_SECONDS)
+        status = (await blob.get_blob_properties()).copy.status
+    return status
 
 
 class FileChanged(Exception):
@@ -219,17 +236,11 @@ class Lake:
     async def copy(self, source: str, target: str) -> None:
         """Copy the file at ``source`` to ``target`` (replacing any file there) inside the storage account.
 
-        Copy Blob: the storage service copies the bytes, which never pass through this process,
-        and the copy is whole or absent, as every write here. Within one account it is mostly
-        done when the call returns; otherwise its status is polled until it is.
+        Copy Blob (``copy_from_url``): the storage service copies the bytes, which never pass
+        through this process, and the copy is whole or absent, as every write here.
         """
         [url] = await self.readable_urls([source], _COPY_SAS_LIFETIME)
-        blob = self._container.get_blob_client(target)
-        copy = await blob.start_copy_from_url(url)
-        status = copy.get("copy_status")
-        while status == "pending":
-            await asyncio.sleep(_COPY_POLL_SECONDS)
-            status = (await blob.get_blob_properties()).copy.status
+        status = await copy_from_url(self._container.get_blob_client(target), url)
         if status != "success":
             raise CopyFailed(f"copying {source} to {target} ended {status}")
 
