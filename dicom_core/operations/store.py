@@ -47,10 +47,11 @@ from dicom_core.operations.indexing import DescribedInstance, describe_instance,
 from dicom_core.services import Services
 from dicom_core.storage.changefeed_store import Change
 from dicom_core.storage.errors import STORAGE_FAILURES, describe_failure
-from dicom_core.storage.index import PreparedInstance
+from dicom_core.storage.index import MAX_TRANSACTION_BYTES, PreparedInstance
 from dicom_core.storage.lake import FileMissing, InstanceExists, LakeFile
 from dicom_core.storage.layout import InstanceKey
 from dicom_core.storage.records import InstanceRecord, LevelUpdate
+from dicom_core.storage.tables import MAX_TRANSACTION_OPERATIONS
 
 logger = logging.getLogger(__name__)
 
@@ -289,9 +290,6 @@ class _InstanceEntityBatches:
     file removed, so that the client's retry is not refused as a duplicate.
     """
 
-    _MAX_ENTITIES = 100
-    _MAX_BYTES = 2 * 1024 * 1024
-
     def __init__(self, services: Services) -> None:
         self._services = services
         # Open batches by study: a transaction holds entities of one PartitionKey only.
@@ -315,7 +313,7 @@ class _InstanceEntityBatches:
             batch = self._open.setdefault(study, [])
         batch.append((outcome, pending, prepared))
         self._open_bytes[study] += prepared.size
-        if len(batch) >= self._MAX_ENTITIES or self._open_bytes[study] >= self._MAX_BYTES:
+        if len(batch) >= MAX_TRANSACTION_OPERATIONS or self._open_bytes[study] >= MAX_TRANSACTION_BYTES:
             self._start_flush(study)
 
     def _start_flush(self, study: tuple[str, str]) -> None:

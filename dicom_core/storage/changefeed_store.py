@@ -42,16 +42,15 @@ from azure.data.tables.aio import TableServiceClient
 from dicom_core.storage.errors import StorageContention
 from dicom_core.storage.keys import joined
 from dicom_core.storage.layout import InstanceKey
-from dicom_core.storage.tables import Table
+from dicom_core.storage.tables import MAX_TRANSACTION_OPERATIONS, Table
 
 FEED_PARTITION = "feed"
 COUNTER = "counter"
 CREATE, UPDATE, DELETE = "create", "update", "delete"
 CURRENT, REPLACED, DELETED = "current", "replaced", "deleted"
-# 100 operations per transaction: the counter, and per change its new entry, its pointer
-# and (when it supersedes an entry) that entry's State. A new instance needs 2, so a
-# STOW of 49 new instances is one transaction.
-_MAX_OPERATIONS = 100
+# A transaction (MAX_TRANSACTION_OPERATIONS, 100) holds the counter, and per change its new
+# entry, its pointer and (when it supersedes an entry) that entry's State. A new instance
+# needs 2, so a STOW of 49 new instances is one transaction.
 _RETRIES = 200
 _RANGE_READ_FROM = 4  # pointers of a study read by one range query rather than point reads
 _EPOCH = datetime(1, 1, 1, tzinfo=UTC)
@@ -163,7 +162,7 @@ class ChangeFeedStore(Table):
                     consumed += 1
                     continue  # nothing announced to delete
                 announced = _announce(change, pointer, last + 1, now)
-                if len(operations) + len(announced) >= _MAX_OPERATIONS:
+                if len(operations) + len(announced) >= MAX_TRANSACTION_OPERATIONS:
                     break  # the counter needs the last place
                 last += 1
                 operations.extend(announced)
@@ -283,7 +282,7 @@ def _fitting(changes: Sequence[Change]) -> Sequence[Change]:
     used = 1
     for count, change in enumerate(changes):
         used += 2 if change.probably_new else 3
-        if used > _MAX_OPERATIONS:
+        if used > MAX_TRANSACTION_OPERATIONS:
             return changes[:count]
     return changes
 

@@ -35,9 +35,8 @@ from azure.data.tables.aio import TableServiceClient
 from dicom_core.storage.errors import StorageContention
 from dicom_core.storage.keys import instance_identity, instance_keys, key_of, study_partition_key
 from dicom_core.storage.layout import InstanceKey
-from dicom_core.storage.tables import Table
+from dicom_core.storage.tables import MAX_TRANSACTION_OPERATIONS, Table
 
-_TRANSACTION = 100
 _MARKER = "~deleting"  # sorts after every "{series}|{sop}" RowKey (UIDs are digits and dots)
 _RETRIES = 50
 
@@ -67,8 +66,8 @@ class DeleteJournal(Table):
     async def claim(self, rows: list[JournalRow]) -> list[JournalRow]:
         """Create the rows of one study; those that another delete holds already are left out of the result (it runs them too)."""
         claimed: list[JournalRow] = []
-        for start in range(0, len(rows), _TRANSACTION):
-            chunk = rows[start : start + _TRANSACTION]
+        for start in range(0, len(rows), MAX_TRANSACTION_OPERATIONS):
+            chunk = rows[start : start + MAX_TRANSACTION_OPERATIONS]
             try:
                 await self.client.submit_transaction([("create", _entity(row)) for row in chunk])
                 claimed.extend(chunk)

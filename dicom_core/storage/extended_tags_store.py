@@ -26,10 +26,9 @@ from dicom_core.dicom.extended_tags import LEVELS, TagDeclaration
 from dicom_core.storage.keys import EXTENDED_TAGS_PARTITION, instance_path_key, parse_instance_path_key
 from dicom_core.storage.layout import InstanceKey
 from dicom_core.storage.records import ExtendedQueryTagRecord, TagErrorRecord
-from dicom_core.storage.tables import Table
+from dicom_core.storage.tables import MAX_TRANSACTION_OPERATIONS, Table
 
 _LEVEL_NAMES = {level: name for name, level in LEVELS.items()}
-_MAX_TRANSACTION = 100
 
 
 class TagExists(Exception):
@@ -101,8 +100,8 @@ class ExtendedTagStore:
         """
         created: list[str] = []
         try:
-            for start in range(0, len(records), _MAX_TRANSACTION):
-                batch = records[start : start + _MAX_TRANSACTION]
+            for start in range(0, len(records), MAX_TRANSACTION_OPERATIONS):
+                batch = records[start : start + MAX_TRANSACTION_OPERATIONS]
                 await self._tags.client.submit_transaction([("create", _entity(record)) for record in batch])
                 created += [record.declaration.path for record in batch]
         except (ResourceExistsError, TableTransactionError) as error:
@@ -147,8 +146,8 @@ class ExtendedTagStore:
             )
         for path, rows in by_tag.items():
             unique = list({row["RowKey"]: row for row in rows}.values())
-            for start in range(0, len(unique), _MAX_TRANSACTION):
-                batch = unique[start : start + _MAX_TRANSACTION]
+            for start in range(0, len(unique), MAX_TRANSACTION_OPERATIONS):
+                batch = unique[start : start + MAX_TRANSACTION_OPERATIONS]
                 await self._errors.client.submit_transaction([("upsert", row, {"mode": UpdateMode.REPLACE}) for row in batch])
             await self.flag_errors(path)
 
@@ -179,6 +178,6 @@ class ExtendedTagStore:
             yield entity["RowKey"]
 
     async def remove_errors(self, path: str, row_keys: list[str]) -> None:
-        for start in range(0, len(row_keys), _MAX_TRANSACTION):
-            batch = row_keys[start : start + _MAX_TRANSACTION]
+        for start in range(0, len(row_keys), MAX_TRANSACTION_OPERATIONS):
+            batch = row_keys[start : start + MAX_TRANSACTION_OPERATIONS]
             await self._errors.client.submit_transaction([("delete", {"PartitionKey": path, "RowKey": rk}) for rk in batch])

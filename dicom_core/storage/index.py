@@ -55,7 +55,7 @@ from dicom_core.storage.keys import (
 from dicom_core.storage.layout import InstanceKey
 from dicom_core.storage.lookup import Lookup, instance_entries, level_entries, study_entries
 from dicom_core.storage.records import InstanceRecord, LevelRecord, LevelUpdate, SeriesRecord, StudyRecord
-from dicom_core.storage.tables import Table
+from dicom_core.storage.tables import MAX_TRANSACTION_OPERATIONS, Table
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ _MAX_BINARY = 64 * 1024  # Table Storage's limit for one binary property
 _CONCURRENCY_RETRIES = 50
 _MODALITY = "00080060"
 _PAGE = 1000  # Table Storage's largest page
-_MAX_TRANSACTION = 100  # operations in one entity-group transaction
-_MAX_TRANSACTION_BYTES = 2 * 1024 * 1024  # well under the 4 MiB a transaction may carry
+MAX_TRANSACTION_BYTES = 2 * 1024 * 1024
+"""What one transaction of instance entities may carry (``PreparedInstance.size``): well under the 4 MiB limit."""
 # Instance columns read unless the metadata is asked for: everything but the DICOM JSON, the largest.
 _INSTANCE_SUMMARY = [
     *UID_COLUMNS, "SOPClassUID", "Path", "Size", "ETag", "TransferSyntaxUID", "NumberOfFrames", "FrameRanges", "Attributes",
@@ -326,7 +326,7 @@ class Index:
             condition = {"etag": previous.version, "match_condition": MatchConditions.IfNotModified}
             batch.append(("update", prepared.entity, {"mode": UpdateMode.REPLACE, **condition}))
             size += prepared.size
-            if len(batch) == _MAX_TRANSACTION or size >= _MAX_TRANSACTION_BYTES:
+            if len(batch) == MAX_TRANSACTION_OPERATIONS or size >= MAX_TRANSACTION_BYTES:
                 replaced += await self._replace_batch(batch)
                 batch, size = [], 0
         return replaced + (await self._replace_batch(batch) if batch else [])

@@ -33,10 +33,9 @@ from dicom_core.dicom.levels import MODALITIES_IN_STUDY, Level
 from dicom_core.storage.keys import AFTER_SEPARATOR, SEPARATOR, joined
 from dicom_core.storage.lookup_plan import ValueRange, index_entries, indexed_keys
 from dicom_core.storage.records import InstanceRecord
-from dicom_core.storage.tables import Table
+from dicom_core.storage.tables import MAX_TRANSACTION_OPERATIONS, Table
 
 MAX_VALUE_CHARS = 512  # with a UID path of at most 3 x 64 + 3 characters, well under the 1 KiB key limit
-_MAX_TRANSACTION = 100
 _UNSAFE = set("/\\#?%|")
 
 
@@ -117,8 +116,8 @@ class Lookup(Table):
             by_partition[pk].append(rk)
         writes = []
         for pk, row_keys in by_partition.items():
-            for start in range(0, len(row_keys), _MAX_TRANSACTION):
-                writes.append(self._write(pk, row_keys[start : start + _MAX_TRANSACTION]))
+            for start in range(0, len(row_keys), MAX_TRANSACTION_OPERATIONS):
+                writes.append(self._write(pk, row_keys[start : start + MAX_TRANSACTION_OPERATIONS]))
         await asyncio.gather(*writes)
 
     async def _write(self, pk: str, row_keys: list[str]) -> None:
@@ -148,8 +147,8 @@ class Lookup(Table):
                     break
             if not row_keys:
                 return removed
-            for start in range(0, len(row_keys), _MAX_TRANSACTION):
-                batch = row_keys[start : start + _MAX_TRANSACTION]
+            for start in range(0, len(row_keys), MAX_TRANSACTION_OPERATIONS):
+                batch = row_keys[start : start + MAX_TRANSACTION_OPERATIONS]
                 await self.client.submit_transaction([("delete", {"PartitionKey": pk, "RowKey": rk}) for rk in batch])
             removed += len(row_keys)
 

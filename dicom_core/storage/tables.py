@@ -16,6 +16,9 @@ from azure.core.exceptions import ResourceExistsError
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.data.tables.aio import TableClient, TableServiceClient
 
+MAX_TRANSACTION_OPERATIONS = 100
+"""Operations in one entity-group transaction: Table Storage's limit."""
+
 # Every entity in a Table Storage JSON answer carries its ETag under this key (minimal and
 # full metadata alike). A string value holding these bytes would have its quotes escaped,
 # so counting them counts entities exactly without parsing the body a second time.
