@@ -73,7 +73,7 @@ async def check(services: Services) -> list[Violation]:
 
 async def _check_originals(services: Services, instances: dict, journal: set[InstanceKey]) -> list[Violation]:
     layout = services.layout
-    originals = {file.path async for file in services.lake.list(layout.originals_root)}
+    originals = {file.path async for file in services.lake.list(layout.originals_folder())}
     violations = [
         Violation(7, record.path, f"its entry names the original {record.original_path}, which is not there")
         for record in instances.values()

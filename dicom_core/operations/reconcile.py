@@ -210,8 +210,7 @@ async def reindex(
 async def _remove_orphan_originals(services: Services, partition: str | None) -> int:
     """Delete the originals kept by bulk updates of instances no longer stored (removed outside the API); how many."""
     layout = services.layout
-    prefix = layout.originals_root + (layout.partition_folder(partition).removeprefix(layout.root) if partition else "")
-    originals = [file.path async for file in services.lake.list(prefix)]
+    originals = [file.path async for file in services.lake.list(layout.originals_folder(partition))]
     if not originals:
         return 0
     stored = {layout.original_path(record.key) async for record in services.index.all_instances(partition)}

@@ -67,10 +67,6 @@ class LakeLayout:
     def analytics_folder(self) -> str:
         return f"{self.root}{ANALYTICS_FOLDER}/"
 
-    @property
-    def originals_root(self) -> str:
-        return f"{self.root}{ORIGINALS_FOLDER}/"
-
     def partition_folder(self, partition: str) -> str:
         _check_partition(partition)
         return f"{self.root}{partition}/"
@@ -89,10 +85,17 @@ class LakeLayout:
 
     def original_path(self, key: InstanceKey) -> str:
         """Where a bulk update keeps the instance as first received: outside every partition, so never indexed."""
-        return f"{self.originals_root}{self.instance_path(key).removeprefix(self.root)}"
+        return self._original_of(self.instance_path(key))
 
-    def originals_folder(self, partition: str, study: str) -> str:
-        return f"{self.originals_root}{self.study_folder(partition, study).removeprefix(self.root)}"
+    def originals_folder(self, partition: str | None = None, study: str | None = None) -> str:
+        """The folder of the originals of every partition, of one partition, or of one study of it."""
+        if partition is None:
+            return f"{self.root}{ORIGINALS_FOLDER}/"
+        return self._original_of(self.study_folder(partition, study) if study else self.partition_folder(partition))
+
+    def _original_of(self, contract_path: str) -> str:
+        """The originals mirror the contract layout below their own folder."""
+        return f"{self.originals_folder()}{contract_path.removeprefix(self.root)}"
 
     def parse_instance_path(self, path: str) -> InstanceKey | None:
         """The key of a contract path, or None for anything outside the layout (health files included)."""
