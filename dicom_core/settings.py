@@ -56,7 +56,7 @@ class Limits:
     # Parts held in memory up to this size; larger parts spill to a temporary file.
     spool_memory_bytes: int = 1024**2
     # Instances of one STOW request processed at the same time.
-    store_concurrency: int = 8
+    store_concurrency: int = 4
     # Data elements and sequence items of one instance (bounds parsing memory and time).
     max_elements: int = 500_000
     # Size of a deflated data set once inflated (deflate bombs).

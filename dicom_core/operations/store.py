@@ -55,8 +55,6 @@ from dicom_core.storage.tables import MAX_TRANSACTION_OPERATIONS
 
 logger = logging.getLogger(__name__)
 
-_BYTES_PER_SLOT = 8 * 1024 * 1024
-
 
 @dataclass
 class ReceivedPart:
@@ -147,21 +145,19 @@ def _failed_item(outcome: InstanceOutcome) -> dict:
 
 async def store_instances(services: Services, request: StoreRequest, parts: AsyncIterator[ReceivedPart]) -> StoreResult:
     """Store every part of a STOW-RS request; see the module docstring."""
-    concurrency = services.settings.limits.store_concurrency
-    slots = asyncio.Semaphore(concurrency)
+    slots = asyncio.Semaphore(services.settings.limits.store_concurrency)
     tags = await indexed_declarations(services)  # read once per request: the extended query tags to index
     entities = _InstanceEntityBatches(services)
     deletes = _DeleteWatch(services)
     tasks: list[asyncio.Task] = []
     received: list[ReceivedPart] = []
 
-    async def run(part: ReceivedPart, weight: int) -> InstanceOutcome:
+    async def run(part: ReceivedPart) -> InstanceOutcome:
         try:
             outcome, pending = await _store_file(services, request, part, deletes, tags)
         finally:
             part.file.close()
-            for _ in range(weight):
-                slots.release()
+            slots.release()
         if pending is not None and pending.stored_before:
             entities.already_stored(pending)
         elif pending is not None:
@@ -170,14 +166,9 @@ async def store_instances(services: Services, request: StoreRequest, parts: Asyn
 
     try:
         async for part in parts:
-            # Back-pressure: the next part is read only when this one has its slots. A large part takes
-            # a slot per _BYTES_PER_SLOT (the upload holds it in memory), so memory stays bounded by
-            # concurrency x _BYTES_PER_SLOT, while small parts go `concurrency` at a time.
-            weight = min(concurrency, max(1, -(-part.size // _BYTES_PER_SLOT)))
-            for _ in range(weight):
-                await slots.acquire()  # only this loop acquires, so taking them one by one cannot deadlock
+            await slots.acquire()  # back-pressure: read the next part only when a slot is free
             received.append(part)
-            tasks.append(asyncio.create_task(run(part, weight)))
+            tasks.append(asyncio.create_task(run(part)))
         outcomes = list(await asyncio.gather(*tasks))
         await entities.flush_all()
     except BaseException:
