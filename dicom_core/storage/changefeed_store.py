@@ -175,7 +175,7 @@ class ChangeFeedStore(Table):
             else:
                 operations.insert(0, _conditional_update(new_counter, counter.etag))
             try:
-                results = await self.client.submit_transaction(operations)
+                results = await self.submit(operations)
             except TableTransactionError as error:
                 if error.status_code not in (409, 412):
                     raise

@@ -69,7 +69,7 @@ class DeleteJournal(Table):
         for start in range(0, len(rows), MAX_TRANSACTION_OPERATIONS):
             chunk = rows[start : start + MAX_TRANSACTION_OPERATIONS]
             try:
-                await self.client.submit_transaction([("create", _entity(row)) for row in chunk])
+                await self.submit([("create", _entity(row)) for row in chunk])
                 claimed.extend(chunk)
                 continue
             except TableTransactionError as error:

@@ -102,7 +102,7 @@ class ExtendedTagStore:
         try:
             for start in range(0, len(records), MAX_TRANSACTION_OPERATIONS):
                 batch = records[start : start + MAX_TRANSACTION_OPERATIONS]
-                await self._tags.client.submit_transaction([("create", _entity(record)) for record in batch])
+                await self._tags.submit([("create", _entity(record)) for record in batch])
                 created += [record.declaration.path for record in batch]
         except (ResourceExistsError, TableTransactionError) as error:
             for path in created:
@@ -148,7 +148,7 @@ class ExtendedTagStore:
             unique = list({row["RowKey"]: row for row in rows}.values())
             for start in range(0, len(unique), MAX_TRANSACTION_OPERATIONS):
                 batch = unique[start : start + MAX_TRANSACTION_OPERATIONS]
-                await self._errors.client.submit_transaction([("upsert", row, {"mode": UpdateMode.REPLACE}) for row in batch])
+                await self._errors.submit([("upsert", row, {"mode": UpdateMode.REPLACE}) for row in batch])
             await self.flag_errors(path)
 
     async def errors(self, path: str, offset: int, limit: int) -> list[TagErrorRecord]:
@@ -180,4 +180,4 @@ class ExtendedTagStore:
     async def remove_errors(self, path: str, row_keys: list[str]) -> None:
         for start in range(0, len(row_keys), MAX_TRANSACTION_OPERATIONS):
             batch = row_keys[start : start + MAX_TRANSACTION_OPERATIONS]
-            await self._errors.client.submit_transaction([("delete", {"PartitionKey": path, "RowKey": rk}) for rk in batch])
+            await self._errors.submit([("delete", {"PartitionKey": path, "RowKey": rk}) for rk in batch])

@@ -333,7 +333,7 @@ class Index:
 
     async def _replace_batch(self, batch: list[tuple[str, dict, dict]]) -> list[bool]:
         try:
-            await self._instances.client.submit_transaction(batch)
+            await self._instances.submit(batch)
             return [True] * len(batch)
         except TableTransactionError:
             return [await self._replace_one(entity, options) for _, entity, options in batch]
@@ -349,7 +349,7 @@ class Index:
         """Create or replace instance entities of one study in one transaction (at most 100, under 4 MiB)."""
         self._cached.forget(item.record.key for item in prepared)
         await self.lookup.put(entry for item in prepared for entry in instance_entries(item.record))
-        await self._instances.client.submit_transaction(
+        await self._instances.submit(
             [("upsert", item.entity, {"mode": UpdateMode.REPLACE}) for item in prepared]
         )
 

@@ -125,7 +125,7 @@ class Lookup(Table):
             await self.client.upsert_entity({"PartitionKey": pk, "RowKey": row_keys[0]}, mode=UpdateMode.REPLACE)
             return
         operations = [("upsert", {"PartitionKey": pk, "RowKey": rk}, {"mode": UpdateMode.REPLACE}) for rk in row_keys]
-        await self.client.submit_transaction(operations)
+        await self.submit(operations)
 
     async def remove(self, entries: Iterable[tuple[str, str]]) -> None:
         """Delete entries (no error for those already gone), all at once."""
@@ -149,7 +149,7 @@ class Lookup(Table):
                 return removed
             for start in range(0, len(row_keys), MAX_TRANSACTION_OPERATIONS):
                 batch = row_keys[start : start + MAX_TRANSACTION_OPERATIONS]
-                await self.client.submit_transaction([("delete", {"PartitionKey": pk, "RowKey": rk}) for rk in batch])
+                await self.submit([("delete", {"PartitionKey": pk, "RowKey": rk}) for rk in batch])
             removed += len(row_keys)
 
     async def scan(self, pk: str, value_range: ValueRange, page_size: int) -> AsyncIterator[str]:

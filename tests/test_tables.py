@@ -1,0 +1,68 @@
+"""Entity-group transactions (storage/tables.py ``Table.submit``) against Azurite: all or nothing, as the SDK reports them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from azure.core import MatchConditions
+from azure.data.tables import TableTransactionError, UpdateMode
+
+from dicom_core.storage import connections
+from dicom_core.storage.tables import RequestStatistics, Table
+
+
+@pytest.fixture
+async def table(settings):
+    statistics = RequestStatistics()
+    service = connections.table_service(settings.index, statistics)
+    created = Table(service, f"t{uuid.uuid4().hex[:20]}")
+    await created.prepare()
+    statistics.reset()
+    created.statistics = statistics
+    yield created
+    await created.client.delete_table()
+    await service.close()
+
+
+async def test_a_transaction_writes_every_operation_with_its_types_and_returns_their_etags(table):
+    now = datetime.now(UTC)
+    answers = await table.submit(
+        [
+            ("upsert", {"PartitionKey": "p", "RowKey": "a", "Data": b"\x00\x01", "N": 7, "Time": now, "Name": "Dupont^Jé"}),
+            ("create", {"PartitionKey": "p", "RowKey": "it's"}),
+        ]
+    )
+    stored = await table.client.get_entity("p", "a")
+    other = await table.client.get_entity("p", "it's")
+    assert [answer["etag"] for answer in answers] == [stored.metadata["etag"], other.metadata["etag"]]
+    assert (stored["Data"], stored["N"], stored["Name"]) == (b"\x00\x01", 7, "Dupont^Jé")
+    assert abs((stored["Time"] - now).total_seconds()) < 0.001
+    assert (table.statistics.requests, table.statistics.entities_written) == (1 + 2, 2)  # the transaction and two reads
+
+
+async def test_a_failed_operation_fails_the_whole_transaction_with_the_sdks_error(table):
+    await table.submit([("create", {"PartitionKey": "p", "RowKey": "a", "Value": 1})])
+    stale = {"etag": "W/\"datetime'2020-01-01T00%3A00%3A00.0000000Z'\"", "match_condition": MatchConditions.IfNotModified}
+    with pytest.raises(TableTransactionError) as conflict:
+        await table.submit(
+            [
+                ("create", {"PartitionKey": "p", "RowKey": "b"}),
+                ("update", {"PartitionKey": "p", "RowKey": "a", "Value": 2}, {"mode": UpdateMode.REPLACE, **stale}),
+            ]
+        )
+    failed = conflict.value
+    assert (failed.status_code, failed.error_code, failed.index) == (412, "UpdateConditionNotSatisfied", 1)
+    with pytest.raises(TableTransactionError) as exists:
+        await table.submit([("create", {"PartitionKey": "p", "RowKey": "c"}), ("create", {"PartitionKey": "p", "RowKey": "a"})])
+    assert (exists.value.status_code, exists.value.error_code, exists.value.index) == (409, "EntityAlreadyExists", 1)
+    rows = [entity["RowKey"] async for entity in table.client.list_entities()]
+    assert rows == ["a"]  # neither b nor c: nothing of a failed transaction is written
+    assert (await table.client.get_entity("p", "a"))["Value"] == 1
+
+
+async def test_deletes_in_a_transaction_remove_their_entities(table):
+    await table.submit([("create", {"PartitionKey": "p", "RowKey": str(n)}) for n in range(100)])
+    assert await table.submit([("delete", {"PartitionKey": "p", "RowKey": str(n)}) for n in range(100)]) == [{}] * 100
+    assert [entity async for entity in table.client.list_entities()] == []
