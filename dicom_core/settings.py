@@ -57,6 +57,8 @@ class Limits:
     spool_memory_bytes: int = 1024**2
     # Instances of one STOW request processed at the same time.
     store_concurrency: int = 4
+    # Worker processes that parse instances (operations/describing.py); 0 parses in threads of the server's process.
+    parse_processes: int = field(default_factory=lambda: spare_cores())
     # Data elements and sequence items of one instance (bounds parsing memory and time).
     max_elements: int = 500_000
     # Size of a deflated data set once inflated (deflate bombs).
@@ -83,6 +85,7 @@ class Limits:
             max_parts_per_request=_int(env, "DICOM_MAX_PARTS_PER_REQUEST", defaults.max_parts_per_request),
             spool_memory_bytes=defaults.spool_memory_bytes,
             store_concurrency=_int(env, "DICOM_STORE_CONCURRENCY", defaults.store_concurrency),
+            parse_processes=_int(env, "DICOM_PARSE_PROCESSES", defaults.parse_processes, minimum=0),
             max_elements=_int(env, "DICOM_MAX_ELEMENTS", defaults.max_elements),
             max_inflated_bytes=_int(env, "DICOM_MAX_INFLATED_BYTES", defaults.max_inflated_bytes),
             max_query_bytes=_int(env, "DICOM_MAX_QUERY_BYTES", defaults.max_query_bytes),
@@ -94,7 +97,13 @@ class Limits:
         )
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def spare_cores() -> int:
+    """The cores this process may use, less the one its event loop takes."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(usable - 1, 0)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -102,8 +111,8 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ValueError(f"setting {name} must be an integer, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"setting {name} must be positive, got {value}")
+    if value < minimum:
+        raise ValueError(f"setting {name} must be at least {minimum}, got {value}")
     return value
 
 

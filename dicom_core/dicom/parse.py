@@ -47,9 +47,8 @@ ByteRange = tuple[int, int]  # (offset in the file, length)
 
 @dataclass(frozen=True)
 class ParsedInstance:
-    """The header of a stored instance and where its frames are."""
+    """What storing needs of an instance's header, and where its frames are (plain data: it crosses processes)."""
 
-    dataset: Dataset
     transfer_syntax: str
     study_uid: str
     series_uid: str
@@ -64,8 +63,8 @@ class ParsedInstance:
     frame_ranges: list[list[ByteRange]] | None
 
 
-def parse_instance(fp: BinaryIO, size: int, limits: StructureLimits = DEFAULT_LIMITS) -> ParsedInstance:
-    """Parse the Part 10 file in ``fp`` (``size`` bytes) and check what storing requires.
+def parse_instance(fp: BinaryIO, size: int, limits: StructureLimits = DEFAULT_LIMITS) -> tuple[Dataset, ParsedInstance]:
+    """Parse the Part 10 file in ``fp`` (``size`` bytes) and check what storing requires: its header and facts.
 
     Raises InvalidInstance with a client-facing reason.
     """
@@ -109,8 +108,7 @@ def parse_instance(fp: BinaryIO, size: int, limits: StructureLimits = DEFAULT_LI
     pixel_data_vr, frame_ranges = None, None
     if stopped_at < size:
         pixel_data_vr, frame_ranges = _locate_frames(fp, stopped_at, size, dataset, transfer_syntax, number_of_frames)
-    return ParsedInstance(
-        dataset=dataset,
+    return dataset, ParsedInstance(
         transfer_syntax=transfer_syntax,
         study_uid=uids["StudyInstanceUID"],
         series_uid=uids["SeriesInstanceUID"],

@@ -17,6 +17,7 @@ from dicom_core.events import run_operations_forever
 from dicom_core.http.context import provide_services
 from dicom_core.http.errors import error_response
 from dicom_core.http.routes import route_table
+from dicom_core.operations import describing
 from dicom_core.operations.analytics import run_analytics_sync
 from dicom_core.operations.health import run_health_checks
 from dicom_core.services import Services
@@ -56,6 +57,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         owned = "services" not in holder
         if owned:
             holder["services"] = await Services.open(settings)
+        describing.start(holder["services"].settings.limits)
         timers = [
             asyncio.create_task(run_health_checks(holder["services"])),
             asyncio.create_task(run_analytics_sync(holder["services"])),

@@ -30,6 +30,7 @@ class DescribedInstance:
     """A parsed, validated instance and the DICOM JSON the index keeps of it."""
 
     parsed: ParsedInstance
+    modality: str
     metadata: dict
     metadata_json: bytes  # ``metadata`` encoded, in the worker thread that parsed it rather than on the event loop
     study_attributes: dict
@@ -47,11 +48,13 @@ def describe_instance(
 ) -> DescribedInstance:
     """Parse and validate a Part 10 file and build its DICOM JSON (blocking; raises InvalidInstance)."""
     with pydicom_lock:
-        parsed = parse_instance(file, size, limits)
-        metadata = instance_json(parsed.dataset, parsed.pixel_data_vr)
+        dataset, parsed = parse_instance(file, size, limits)
+        metadata = instance_json(dataset, parsed.pixel_data_vr)
+        modality = str(dataset.get("Modality", "") or "")
     values, errors = extended_values(metadata, tags)
     return DescribedInstance(
         parsed=parsed,
+        modality=modality,
         metadata=metadata,
         metadata_json=json.dumps(metadata, separators=(",", ":")).encode(),
         study_attributes=level_json(metadata, STUDY_TAGS) | values[Level.STUDY],
@@ -95,7 +98,7 @@ def index_entries(
         partition=key.partition,
         study=key.study,
         series=key.series,
-        modality=str(parsed.dataset.get("Modality", "") or ""),
+        modality=described.modality,
         study_attributes=described.study_attributes,
         series_attributes=described.series_attributes,
     )

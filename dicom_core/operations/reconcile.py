@@ -33,8 +33,9 @@ from dicom_core.dicom.extended_tags import TagDeclaration
 from dicom_core.dicom.levels import Level
 from dicom_core.errors import NotFound
 from dicom_core.operations.delete import delete, finish_all_interrupted, finish_interrupted
+from dicom_core.operations.describing import describe
 from dicom_core.operations.extended_tags import indexed_declarations, record_tag_errors
-from dicom_core.operations.indexing import DescribedInstance, describe_instance, index_entries, structure_limits
+from dicom_core.operations.indexing import DescribedInstance, index_entries
 from dicom_core.services import Services
 from dicom_core.storage.changefeed_store import Change
 from dicom_core.storage.errors import StorageContention
@@ -43,7 +44,6 @@ from dicom_core.storage.layout import InstanceKey, Scope
 
 ADDED, REFRESHED, REMOVED, UNCHANGED, REJECTED, IGNORED = "added", "refreshed", "removed", "unchanged", "rejected", "ignored"
 _ATTEMPTS = 5
-_SPOOL_MEMORY = 1024**2
 
 
 @dataclass(frozen=True)
@@ -118,12 +118,11 @@ async def describe_file(
     services: Services, path: str, file: LakeFile, tags: Sequence[TagDeclaration] = ()
 ) -> tuple[str | None, DescribedInstance | None]:
     """(problem, None) for a file that is not a storable instance, else (None, its description with ``tags``)."""
-    limits = structure_limits(services.settings.limits)
-    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY) as spool:
+    with tempfile.SpooledTemporaryFile(max_size=services.settings.limits.spool_memory_bytes) as spool:
         async for chunk in services.lake.stream(path, etag=file.etag):
             spool.write(chunk)
         try:
-            return None, await asyncio.to_thread(describe_instance, spool, file.size, limits, tags)
+            return None, await describe(spool, file.size, services.settings.limits, tags)
         except InvalidInstance as invalid:
             return f"not a storable DICOM instance: {invalid}", None
 

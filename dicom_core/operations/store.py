@@ -40,10 +40,10 @@ from dicom_core.dicom.failure_reasons import (
     VALIDATION_FAILED,
 )
 from dicom_core.dicom.parse import PREAMBLE_LENGTH
-from dicom_core.dicom.structure import StructureLimits
 from dicom_core.errors import StorageUnavailable
+from dicom_core.operations.describing import describe
 from dicom_core.operations.extended_tags import indexed_declarations, record_tag_errors
-from dicom_core.operations.indexing import DescribedInstance, describe_instance, index_entries, structure_limits
+from dicom_core.operations.indexing import index_entries
 from dicom_core.services import Services
 from dicom_core.storage.changefeed_store import Change
 from dicom_core.storage.errors import STORAGE_FAILURES, describe_failure
@@ -376,10 +376,13 @@ async def _store_file(
             message=f"part has media type {part.media_type or '(none)'}; expected application/dicom",
         ), None
     try:
-        prepared = await asyncio.to_thread(_prepare, part, structure_limits(services.settings.limits), tags)
+        prepared = await describe(part.file, part.size, services.settings.limits, tags)
     except InvalidInstance as invalid:
         reason = CANNOT_UNDERSTAND if isinstance(invalid, UnreadableInstance) else VALIDATION_FAILED
         return InstanceOutcome(failure_reason=reason, message=str(invalid)), None
+    # The preamble can carry an executable (DICOM/PE polyglots, CVE-2019-11687): never store it.
+    part.file.seek(0)
+    part.file.write(bytes(PREAMBLE_LENGTH))
     parsed = prepared.parsed
     outcome = InstanceOutcome(sop_class_uid=parsed.sop_class_uid, sop_instance_uid=parsed.sop_uid, study_uid=parsed.study_uid)
     if request.study_uid and parsed.study_uid != request.study_uid:
@@ -440,13 +443,3 @@ async def _write_file(
             raise _AlreadyStored(record) from None
     part.file.seek(0)
     return await services.lake.write(path, part.file, part.size, overwrite=True), record is not None
-
-
-def _prepare(part: ReceivedPart, limits: StructureLimits, tags: list[TagDeclaration]) -> DescribedInstance:
-    """Parse and validate the part, build what the index keeps, and zero the preamble (blocking)."""
-    prepared = describe_instance(part.file, part.size, limits, tags)
-    # The preamble can carry an executable (DICOM/PE polyglots, CVE-2019-11687): never store it.
-    part.file.seek(0)
-    part.file.write(bytes(PREAMBLE_LENGTH))
-    return prepared
-

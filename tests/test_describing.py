@@ -1,0 +1,60 @@
+"""Instances parsed in worker processes (operations/describing.py): the same description as in a thread, errors included."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+from dataclasses import replace
+
+import pytest
+
+from dicom_core.dicom.errors import InvalidInstance
+from dicom_core.operations import describing
+from dicom_core.operations.indexing import describe_instance, structure_limits
+from dicom_core.settings import Limits
+from tests.dicom_files import file_bytes, new_instance
+
+POOLED = replace(Limits(), parse_processes=1)
+
+
+async def pooled(data: bytes, limits: Limits = POOLED):
+    return await describing.describe(io.BytesIO(data), len(data), limits)
+
+
+def in_thread(data: bytes):
+    return describe_instance(io.BytesIO(data), len(data), structure_limits(Limits()))
+
+
+def worker_pids() -> set[int]:
+    pool = describing._pools.get(POOLED.parse_processes)
+    return set(pool._processes) if pool is not None else set()
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "emri_small.dcm", "SC_rgb_rle.dcm"])
+async def test_a_worker_describes_an_instance_as_the_servers_process_does(name):
+    data = file_bytes(name)
+    described = await pooled(data)
+    assert worker_pids() - {os.getpid()}, "no worker process took the part"
+    assert described == in_thread(data)
+
+
+async def test_an_invalid_instance_is_refused_by_a_worker_with_the_same_message():
+    data = bytearray(new_instance())
+    data[128:132] = b"NOPE"
+    with pytest.raises(InvalidInstance) as refused:
+        await pooled(bytes(data))
+    with pytest.raises(InvalidInstance) as in_process:
+        in_thread(bytes(data))
+    assert str(refused.value) == str(in_process.value) and "DICM" in str(refused.value)
+
+
+async def test_a_worker_killed_mid_store_costs_no_instance_and_the_next_part_starts_a_new_pool():
+    data = new_instance()
+    await pooled(data)
+    killed = worker_pids()
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    assert await pooled(data) == in_thread(data)  # the broken pool: described in a thread instead
+    assert await pooled(data) == in_thread(data)
+    assert worker_pids() and not worker_pids() & killed
