@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import threading
 from dataclasses import replace
 
 import pytest
@@ -28,7 +29,7 @@ def in_thread(data: bytes):
 
 def worker_pids() -> set[int]:
     pool = describing._pools.get(POOLED.parse_processes)
-    return set(pool._processes) if pool is not None else set()
+    return set(pool._processes or ()) if pool is not None else set()
 
 
 @pytest.mark.parametrize("name", ["CT_small.dcm", "emri_small.dcm", "SC_rgb_rle.dcm"])
@@ -49,12 +50,15 @@ async def test_an_invalid_instance_is_refused_by_a_worker_with_the_same_message(
     assert str(refused.value) == str(in_process.value) and "DICM" in str(refused.value)
 
 
-async def test_a_worker_killed_mid_store_costs_no_instance_and_the_next_part_starts_a_new_pool():
+async def test_a_killed_worker_costs_no_instance_and_the_process_parses_in_threads_from_then_on(monkeypatch):
+    monkeypatch.setattr(describing, "_pools", {})  # a pool of this test's own, and the others' back afterwards
+    monkeypatch.setattr(describing, "_broken", threading.Event())
     data = new_instance()
     await pooled(data)
     killed = worker_pids()
     for pid in killed:
         os.kill(pid, signal.SIGKILL)
     assert await pooled(data) == in_thread(data)  # the broken pool: described in a thread instead
+    assert describing._broken.is_set()
     assert await pooled(data) == in_thread(data)
-    assert worker_pids() and not worker_pids() & killed
+    assert not worker_pids() - killed  # no new pool was started

@@ -12,14 +12,17 @@ server's process as before.
 A pool belongs to the process (one per size), is started by the app's startup or at its first use, and stops
 with the process; its workers are started fresh (``spawn``, never a fork of a process
 running an event loop and threads) and stop when the server dies, SIGKILL included.
-A worker that dies mid-parse breaks its pool: the instance is described in a thread
-instead and the next one starts a new pool.
+A worker that dies (killed, or unable to start: a script that embeds the app without an
+``if __name__ == "__main__"`` guard cannot spawn workers) breaks its pool: from then on
+this process describes every instance in a thread, as it would with 0 processes, and
+logs why once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import multiprocessing
 import sys
 import threading
@@ -34,28 +37,33 @@ from dicom_core.local.lifetime import stop_with_parent
 from dicom_core.operations.indexing import DescribedInstance, describe_instance, structure_limits
 from dicom_core.settings import Limits
 
+logger = logging.getLogger(__name__)
 _pools: dict[int, ProcessPoolExecutor] = {}
 _pools_lock = threading.Lock()
+_broken = threading.Event()  # a pool broke: threads from then on
 
 
 async def describe(file: BinaryIO, size: int, limits: Limits, tags: Sequence[TagDeclaration] = ()) -> DescribedInstance:
     """``describe_instance`` of the ``size`` bytes in ``file``, in a worker process when it can; raises InvalidInstance."""
     structure = structure_limits(limits)
-    if limits.parse_processes == 0 or size > limits.spool_memory_bytes:
+    if limits.parse_processes == 0 or size > limits.spool_memory_bytes or _broken.is_set():
         return await asyncio.to_thread(describe_instance, file, size, structure, tags)
     file.seek(0)
     data = file.read(size)
     pool = _pool(limits.parse_processes)
     try:
         return await asyncio.wrap_future(pool.submit(_describe_bytes, data, structure, tuple(tags)))
-    except BrokenProcessPool:
-        _forget(pool)
+    except BrokenProcessPool as broken:
+        if not _broken.is_set():
+            _broken.set()
+            logger.warning("the parse worker processes stopped (%s); parsing in threads from now on", broken)
+        pool.shutdown(wait=False, cancel_futures=True)
         return await asyncio.to_thread(describe_instance, io.BytesIO(data), size, structure, tags)
 
 
 def start(limits: Limits) -> None:
     """Start the pool's workers now, so the first store does not wait for them to import (about a second)."""
-    if limits.parse_processes:
+    if limits.parse_processes and not _broken.is_set():
         pool = _pool(limits.parse_processes)
         for _ in range(limits.parse_processes):
             pool.submit(int)
@@ -73,14 +81,6 @@ def _pool(processes: int) -> ProcessPoolExecutor:
                 max_workers=processes, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_started
             )
         return _pools[processes]
-
-
-def _forget(pool: ProcessPoolExecutor) -> None:
-    with _pools_lock:
-        for size, known in list(_pools.items()):
-            if known is pool:
-                del _pools[size]
-    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _worker_started() -> None:
