@@ -112,7 +112,7 @@ def running(data: Path, dicomweb_servers: dict[str, object] | None = None) -> It
         if plugin.status_code != 200:
             raise BenchmarkError(f"Orthanc started without its DICOMweb plugin:\n{plugin.text}")
         version = f"Orthanc {system.json()['Version']}, DICOMweb plugin {plugin.json()['Version']}"
-        yield Server("orthanc", root + DICOMWEB_ROOT.rstrip("/"), version, data)
+        yield Server("orthanc", root + DICOMWEB_ROOT.rstrip("/"), version, data, processes=(process.pid,))
     finally:
         stop(process)
 

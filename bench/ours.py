@@ -78,7 +78,7 @@ def running(data: Path) -> Iterator[Server]:
         try:
             base_url = f"http://127.0.0.1:{port}/v2"
             wait_until_answers(f"{base_url}/health/check", process, log)
-            yield Server("ours", base_url, version(), data, storage.connection_string)
+            yield Server("ours", base_url, version(), data, storage.connection_string, (process.pid, storage.process.pid))
         finally:
             stop(process)
     finally:

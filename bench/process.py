@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -84,3 +85,27 @@ class Server:
     lake_connection: str | None = None
     """Ours: the connection string of its lake and index (bench/analytics.py reads the tables, and the
     raw-storage ceiling, bench/ceiling.py, the same files)."""
+    processes: tuple[int, ...] = ()
+    """The processes doing the server's work, its storage included (ours: the server and Azurite), whose
+    CPU time, with their children's, the scenarios registered with ``cpu=True`` report."""
+
+
+def cpu_seconds(pids: tuple[int, ...]) -> float:
+    """CPU time (user and system) used so far by ``pids`` and every process under them; 0 where /proc is missing."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    children: dict[int, list[int]] = {}
+    used: dict[int, float] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while being read
+        pid = int(entry.parent.name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        used[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    total, pending = 0.0, list(pids)
+    while pending:
+        pid = pending.pop()
+        total += used.get(pid, 0.0)
+        pending += children.get(pid, [])
+    return total

@@ -37,6 +37,8 @@ def _cell(result: Result | None, error: str | None) -> str:
         return "failed" if error else "-"
     if result.higher_is_better:
         return f"{result.value:,.0f} {result.unit}"
+    if result.p95 is None:
+        return f"{result.value:,.1f} ms"
     return f"{result.value:,.1f} ms (p95 {result.p95:,.1f})"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
@@ -14,8 +15,8 @@ import httpx
 
 from bench import orthanc, ours
 from bench.corpus import Corpus
-from bench.process import BenchmarkError, Server
-from bench.scenarios import Result, Scenario, combine
+from bench.process import BenchmarkError, Server, cpu_seconds
+from bench.scenarios import Result, Scenario, combine, cpu_per_instance
 
 LAUNCHERS: dict[str, Callable[[Path], AbstractContextManager[Server]]] = {
     "ours": ours.running,
@@ -60,10 +61,19 @@ def measure(server: Server, corpus: Corpus, scenarios: list[Scenario]) -> dict[s
     results: dict[str, list[Result]] = {server.name: []}
     for entry in scenarios:
         print(f"{server.name}: {entry.name} ({entry.description})")
+        before = cpu_seconds(server.processes)
         results[server.name] += entry.run(server.base_url, corpus)
+        if entry.cpu and server.processes:
+            spent = cpu_seconds(server.processes) - before
+            results[server.name].append(cpu_per_instance(entry.name, spent, corpus.instance_count))
         if entry.ceiling is not None and server.lake_connection is not None:
             print(f"{RAW}: {entry.name}, the same files through the Azure SDK alone")
+            # The raw client is this process; the storage is among the server's processes (ours idles).
+            before = cpu_seconds(server.processes) + time.process_time()
             results.setdefault(RAW, []).extend(entry.ceiling(server.lake_connection, corpus))
+            if entry.cpu:
+                spent = cpu_seconds(server.processes) + time.process_time() - before
+                results[RAW].append(cpu_per_instance(entry.name, spent, corpus.instance_count))
     return results
 
 

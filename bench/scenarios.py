@@ -55,19 +55,21 @@ class Scenario:
     ceiling: CeilingFunction | None = None
     optional: bool = False
     """Run only when named in ``--scenarios`` (a slow one)."""
+    cpu: bool = False
+    """Also report the CPU time per instance of the corpus that the server and its storage spent on it."""
 
 
 _REGISTRY: dict[str, Scenario] = {}
 
 
-def scenario(name: str, *, optional: bool = False) -> Callable[[ScenarioFunction], ScenarioFunction]:
+def scenario(name: str, *, optional: bool = False, cpu: bool = False) -> Callable[[ScenarioFunction], ScenarioFunction]:
     """Register the decorated function as scenario ``name``; its docstring describes it."""
 
     def register(function: ScenarioFunction) -> ScenarioFunction:
         if name in _REGISTRY:
             raise ValueError(f"scenario {name!r} is registered twice")
         description = (function.__doc__ or "").strip().splitlines()[0]
-        _REGISTRY[name] = Scenario(name, description, function, optional=optional)
+        _REGISTRY[name] = Scenario(name, description, function, optional=optional, cpu=cpu)
         return function
 
     return register
@@ -121,6 +123,11 @@ def latency(name: str, samples: Sequence[float], **detail: float | str) -> Resul
         p95,
         {"samples": len(milliseconds), **detail},
     )
+
+
+def cpu_per_instance(scenario_name: str, seconds: float, instances: int) -> Result:
+    """The CPU time a scenario cost all the processes measured, per instance of the corpus, in milliseconds."""
+    return Result(f"{scenario_name}: CPU per instance, all processes", "ms", seconds / instances * 1000, False)
 
 
 def combine(rounds: list[list[Result]]) -> list[Result]:

@@ -75,7 +75,7 @@ def store_series(http: httpx.Client, base_url: str, corpus: Corpus, series: Seri
         )
 
 
-@scenario("stow")
+@scenario("stow", cpu=True)
 def stow(base_url: str, corpus: Corpus) -> list[Result]:
     """STOW-RS of the whole corpus, one request per series, one client; instances/s and request latency."""
     durations: list[tuple[int, float]] = []
