@@ -5,8 +5,9 @@ instance is deleted, and everything after is bookkeeping that can be repeated.
 For the instances in scope (the index's entries and the lake's files, so that orphan
 files go too, and the journal rows of deletes that did not finish):
 
-1. mark the delete running in its study and claim a journal row per instance
-   (storage/delete_journal.py);
+1. claim a journal row per instance, then mark the delete running in its study
+   (storage/delete_journal.py): a store that sees the mark finds in the journal what a
+   running delete may still remove (operations/store.py, docs/reliability.md);
 2. delete the files, and the originals a bulk update kept of them;
 3. announce the deletes in the change feed (idempotent: the feed remembers them);
 4. delete the instance entities;
@@ -48,18 +49,20 @@ async def delete(services: Services, scope: Scope, *, keep_files: bool = False) 
     """
     job = uuid.uuid4().hex
     longest_request = timedelta(seconds=services.settings.limits.request_timeout_seconds)
+    unfinished = [row async for row in services.deletes.rows_of_study(scope.partition, scope.study)]
+    targets = await _instances_in(services, scope)
+    in_scope = {row.key: row.path for row in unfinished if _in(scope, row.key)}
+    if not targets and not in_scope:
+        raise NotFound(f"{scope.describe()} is not stored in partition {scope.partition}")
+    now = datetime.now(UTC)
+    # A row without a path keeps its file, also when an interrupted delete is replayed.
+    rows = [JournalRow(key, job, "" if keep_files else path, now) for key, path in targets.items()]
+    claimed = await services.deletes.claim(rows)
+    held = {row.key for row in claimed}
+    # Marked running only now, before anything is removed: while marked, every instance it may still
+    # remove has its journal row, which a store racing it reads (operations/store.py, _DeleteWatch).
     await services.deletes.begin(scope.partition, scope.study, job)
     try:
-        unfinished = [row async for row in services.deletes.rows_of_study(scope.partition, scope.study)]
-        targets = await _instances_in(services, scope)
-        in_scope = {row.key: row.path for row in unfinished if _in(scope, row.key)}
-        if not targets and not in_scope:
-            raise NotFound(f"{scope.describe()} is not stored in partition {scope.partition}")
-        now = datetime.now(UTC)
-        # A row without a path keeps its file, also when an interrupted delete is replayed.
-        rows = [JournalRow(key, job, "" if keep_files else path, now) for key, path in targets.items()]
-        claimed = await services.deletes.claim(rows)
-        held = {row.key for row in claimed}
         # Rows of other deletes in the study are run here too: the steps are idempotent, this
         # request must not answer before the instances it was asked to delete are gone, and
         # a delete that was cut off is finished by the next one.
@@ -74,6 +77,11 @@ async def finish_interrupted(services: Services, partition: str, study: str) -> 
     rows = [row async for row in services.deletes.rows_of_study(partition, study)]
     await _run(services, rows)
     return len(rows)
+
+
+async def finish_rows(services: Services, rows: list[JournalRow]) -> None:
+    """Run ``rows`` now, whether their deletes died or are still running (a store settling a racing delete)."""
+    await _run(services, rows)
 
 
 async def finish_all_interrupted(services: Services) -> int:

@@ -7,17 +7,19 @@ PartitionKey                RowKey                  holds
 ``{partition}|{study}``     ``~deleting``           ``Jobs``: the deletes running in the study
 ==========================  ======================  ==========================================
 
-A delete marks itself running in its study (``begin``), then creates the rows of the
-instances it removes, deletes the files, announces the deletes, deletes the index
-entities, recounts, removes its rows, and unmarks itself (``end``). Every step is
-idempotent, so a row that is still there is an interrupted delete that any later delete
-of that study, a reconcile of one of its paths or a reindex finishes at once.
+A delete creates the rows of the instances it removes, marks itself running in its study
+(``begin``), deletes the files, announces the deletes, deletes the index entities,
+recounts, removes its rows, and unmarks itself (``end``). Every step is idempotent, so a
+row that is still there is an interrupted delete that any later delete of that study, a
+reconcile of one of its paths or a reindex finishes at once.
 
 The marker lets a store that runs at the same time tell whether a delete could have
-removed a file it just indexed (operations/store.py): it reads the marker before writing
-files and after writing entities, and checks its files again when a delete was running
-or the marker changed in between. A job whose process died stays marked until it is
-older than the longest a request may run (then it cannot be running any more).
+removed an instance it just stored (operations/store.py): it reads the marker before
+writing files and after writing and announcing entities, and settles its instances when
+a delete was running or the marker changed in between. Marked only once its rows exist,
+a running delete may remove only instances that have a row, so the store reads which in
+the journal. A job whose process died stays marked until it is older than the longest a
+request may run (then it cannot be running any more).
 """
 
 from __future__ import annotations
