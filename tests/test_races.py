@@ -9,6 +9,7 @@ entries without files (docs/reliability.md).
 from __future__ import annotations
 
 import asyncio
+import io
 
 import httpx
 import pytest
@@ -23,13 +24,18 @@ ROUNDS = 6
 
 
 @pytest.fixture
-async def second_host(services):
-    """Another host of the same deployment: its own connections, the same lake and index."""
+async def second_services(services):
+    """The services of another host of the same deployment: its own connections, the same lake and index."""
     other = await Services.open(services.settings)
-    app = create_app(other.settings, other)
+    yield other
+    await other.close()
+
+
+@pytest.fixture
+async def second_host(second_services):
+    app = create_app(second_services.settings, second_services)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://other") as http:
         yield http
-    await other.close()
 
 
 async def store(client: httpx.AsyncClient, parts: list[bytes], method: str = "POST") -> httpx.Response:
@@ -44,6 +50,31 @@ def stored_sops(response: httpx.Response) -> set[str]:
 async def assert_consistent(services: Services) -> None:
     violations = await check(services)
     assert not violations, "\n".join(map(str, violations))
+
+
+def hold(
+    monkeypatch: pytest.MonkeyPatch,
+    adapter: object,
+    method: str,
+    *,
+    until: asyncio.Event | None = None,
+    reached: asyncio.Event | None = None,
+    done: asyncio.Event | None = None,
+) -> None:
+    """Run the real ``adapter.method`` only once ``until`` is set, setting ``reached`` before and ``done`` after it."""
+    real = getattr(adapter, method)
+
+    async def held(*args, **kwargs):
+        if reached is not None:
+            reached.set()
+        if until is not None:
+            await until.wait()
+        result = await real(*args, **kwargs)
+        if done is not None:
+            done.set()
+        return result
+
+    monkeypatch.setattr(adapter, method, held)
 
 
 async def test_a_series_delete_racing_stores_into_the_series_leaves_no_entry_without_its_file(client, second_host, services):
@@ -66,6 +97,54 @@ async def test_a_series_delete_racing_stores_into_the_series_leaves_no_entry_wit
             sop = match["00080018"]["Value"][0]
             url = f"/v2/studies/{study}/series/{series}/instances/{sop}"
             assert (await client.get(url, headers={"Accept": "application/dicom"})).status_code == 200
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT"], ids=["POST over an orphan file", "PUT over a stored instance"])
+async def test_a_store_landing_between_the_file_and_entry_steps_of_a_delete_leaves_no_file_without_its_entry(
+    client, second_host, second_services, services, monkeypatch, method
+):
+    """The delete holds the instance (its file was there when it listed the series) and has removed the file;
+    the store then writes the file, the entry and the feed entry again; only then does the delete remove entries."""
+    instance = new_instance()
+    study, series, sop, _ = uids(instance)
+    key = InstanceKey("Microsoft.Default", study, series, sop)
+    if method == "POST":  # what a STOW cut off between the file and its entry leaves (docs/reliability.md)
+        await services.lake.write(services.layout.instance_path(key), io.BytesIO(instance), len(instance), overwrite=False)
+    else:
+        assert (await store(client, [instance])).status_code == 200
+    at_entries, go_on = asyncio.Event(), asyncio.Event()
+    hold(monkeypatch, second_services.index, "delete_instance", reached=at_entries, until=go_on)
+    deleting = asyncio.create_task(second_host.delete(f"/v2/studies/{study}/series/{series}"))
+    await asyncio.wait_for(at_entries.wait(), 30)
+    assert not [file async for file in services.lake.list(services.layout.series_folder(key.partition, study, series))]
+    again = await store(client, [new_instance(study=study, series=series, sop=sop, StudyDescription="again")], method)
+    go_on.set()
+    assert (await deleting).status_code == 204
+    await assert_consistent(services)
+    # Stored (and then indexed with its file), or refused (and then gone).
+    assert (sop in stored_sops(again)) == (await services.index.get_instance(key) is not None)
+
+
+async def test_a_store_announcing_after_the_feed_step_of_a_delete_that_holds_its_instance_leaves_nothing_current(
+    client, second_host, second_services, services, monkeypatch
+):
+    """The delete lists the new file; the store sees file and entry still there, but announces them only
+    after the delete has announced its deletes (nothing for an instance not announced yet)."""
+    instance = new_instance()
+    study, series, sop, _ = uids(instance)
+    written, announcing, fed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    hold(monkeypatch, services.lake, "write", done=written)
+    hold(monkeypatch, services.changefeed, "append", reached=announcing, until=fed)
+    hold(monkeypatch, second_services.lake, "delete", until=announcing)
+    hold(monkeypatch, second_services.changefeed, "append", done=fed)
+    storing = asyncio.create_task(store(client, [instance]))
+    await asyncio.wait_for(written.wait(), 30)
+    deleted = await second_host.delete(f"/v2/studies/{study}/series/{series}")
+    stored = await asyncio.wait_for(storing, 30)
+    assert deleted.status_code == 204
+    await assert_consistent(services)
+    record = await services.index.get_instance(InstanceKey("Microsoft.Default", study, series, sop))
+    assert (sop in stored_sops(stored)) == (record is not None)
 
 
 async def test_two_deletes_of_one_study_both_succeed_and_remove_everything(client, second_host, services):

@@ -5,14 +5,14 @@ parse and validate the header, zero the preamble, write the file atomically at
 its contract path (create-only for POST, replace for PUT), then write its index
 entity (in transactions of up to 100 per study). Then, once per request:
 
-- when a DELETE ran in one of the studies meanwhile (the delete marker of
-  storage/delete_journal.py was set or changed), each of its new files is looked at
-  again, and an instance whose file that delete removed is taken out of the index and
-  reported failed: a store racing a delete ends stored and counted, or refused;
-- at the same time, the change feed announces the new versions, and every series
+- the change feed announces the new versions, and at the same time every series
   touched is recounted from its instance entities, and its study from
   its series (storage/index.py ``refresh``), instances already stored included, so a
-  retry of a request that was cut off repairs the counts and the feed it left behind.
+  retry of a request that was cut off repairs the counts and the feed it left behind;
+- then, when a DELETE ran in one of the studies meanwhile (the delete marker of
+  storage/delete_journal.py was set or changed), its instances there are settled against
+  the delete journal and the lake (``_DeleteWatch``), announced and counted again: a store
+  racing a delete ends stored and counted, or refused.
 
 A request killed at any point leaves files that are indexed or orphans (a retry, the
 blob-created event in Azure or a reindex indexes them): docs/reliability.md.
@@ -41,11 +41,13 @@ from dicom_core.dicom.failure_reasons import (
 )
 from dicom_core.dicom.parse import PREAMBLE_LENGTH
 from dicom_core.errors import StorageUnavailable
+from dicom_core.operations.delete import finish_rows
 from dicom_core.operations.describing import describe
 from dicom_core.operations.extended_tags import indexed_declarations, record_tag_errors
 from dicom_core.operations.indexing import index_entries
 from dicom_core.services import Services
 from dicom_core.storage.changefeed_store import Change
+from dicom_core.storage.delete_journal import DeleteMarker
 from dicom_core.storage.errors import STORAGE_FAILURES, describe_failure
 from dicom_core.storage.index import MAX_TRANSACTION_BYTES, PreparedInstance
 from dicom_core.storage.lake import FileMissing, InstanceExists, LakeFile
@@ -159,7 +161,7 @@ async def store_instances(services: Services, request: StoreRequest, parts: Asyn
             part.file.close()
             slots.release()
         if pending is not None and pending.stored_before:
-            entities.already_stored(pending)
+            entities.already_stored(outcome, pending)
         elif pending is not None:
             await entities.add(outcome, pending)
         return outcome
@@ -180,14 +182,12 @@ async def store_instances(services: Services, request: StoreRequest, parts: Asyn
             part.file.close()  # a task cancelled before it started never ran its own close
         raise
     result = StoreResult(outcomes)
+    touched = entities.indexed + entities.duplicates
     try:
-        await deletes.withdraw_what_they_removed(entities.indexed)
-        touched = [pending for _, pending in entities.indexed] + entities.duplicates
-        # Independent of each other once the entities are in: the feed and the counts are written at once.
-        await asyncio.gather(
-            _announce(services, [pending for pending in touched if pending.announce]),
-            _record_levels(services, [pending.update for pending in touched]),
-        )
+        await _announce_and_count(services, [pending for _, pending in touched])
+        # Only now, once announced: a delete that begins later finds the instances in the feed (docs/reliability.md).
+        while raced := await deletes.raced():
+            await _announce_and_count(services, await deletes.settle(raced, touched), settled=True)
     except STORAGE_FAILURES as error:
         raise StorageUnavailable(describe_failure("updating the study and series index entries", error)) from error
 
@@ -199,6 +199,11 @@ async def store_instances(services: Services, request: StoreRequest, parts: Asyn
     if study and result.stored:
         result.study_retrieve_url = f"{request.base_url}/studies/{study}"
     return result
+
+
+async def _announce_and_count(services: Services, touched: list[_PendingEntity], *, settled: bool = False) -> None:
+    # Independent of each other once the entities are in: the feed and the counts are written at once.
+    await asyncio.gather(_announce(services, touched, settled=settled), _record_levels(services, [p.update for p in touched]))
 
 
 async def _record_levels(services: Services, updates: list[LevelUpdate]) -> None:
@@ -223,54 +228,95 @@ class _PendingEntity:
     update: LevelUpdate
     replaced: bool
     stored_before: bool = False  # a POST of an instance already stored: nothing is written, the feed and counts checked
-    announce: bool = True  # False once withdrawn because a concurrent delete removed its file
+    withdrawn: bool = False  # a concurrent delete removed it: its entry is gone, its delete is announced
 
 
 class _DeleteWatch:
-    """Whether a DELETE ran in a study while this request stored into it (storage/delete_journal.py, the marker).
+    """Whether a DELETE ran in a study while this request stored into it, and settling its instances there.
 
-    The marker is read before the first file of a study is written and again after every
-    entity is; a delete that could have removed one of those files was running at the
-    first read, or began or ended between the two, so it changed the marker.
+    A delete marks itself running in its study (storage/delete_journal.py, the marker) only once it
+    holds a journal row for every instance it removes, and removes nothing before. The marker is read
+    before the first file of a study is written and again once its entities are written and announced:
+    a delete that could have removed one of them was running at the first read, or began or ended
+    since, so it changed the marker. One that begins later finds them indexed and announced, and
+    removes them whole (docs/reliability.md, Races).
     """
 
     def __init__(self, services: Services) -> None:
         self._services = services
         self._before: dict[tuple[str, str], asyncio.Future] = {}
+        # The marker each study is compared with next, and whether the deletes running then are yet to be settled.
+        self._since: dict[tuple[str, str], tuple[DeleteMarker | None, bool]] | None = None
 
     async def before_writing(self, partition: str, study: str) -> None:
         if (partition, study) not in self._before:
             self._before[(partition, study)] = asyncio.ensure_future(self._services.deletes.marker(partition, study))
         await self._before[(partition, study)]
 
-    async def withdraw_what_they_removed(self, indexed: list[tuple[InstanceOutcome, _PendingEntity]]) -> None:
-        """Settle each new instance of a study a delete ran in: stored and indexed, or refused.
+    async def raced(self) -> set[tuple[str, str]]:
+        """The studies where a delete may have removed instances of this request since they were last settled.
 
-        A delete removes files first and entries after. So when the file is gone the delete
-        removed it: the entry goes too and the instance is reported failed. When the file is
-        this request's but the entry is gone, the delete removed the entry after this request
-        wrote the file: the entry is written again, and the instance stays stored.
+        A delete running at the first read counts; after a settle, only one that began or ended
+        since: one running then held its rows already, and the settle read them.
         """
+        if self._since is None:
+            self._since = {study: (first.result(), True) for study, first in self._before.items()}
         raced = set()
-        for (partition, study), first in self._before.items():
-            before, after = first.result(), await self._services.deletes.marker(partition, study)
-            if (before is not None and before.jobs) or (before and before.version) != (after and after.version):
-                raced.add((partition, study))
-        for outcome, pending in indexed:
-            key = pending.record.key
-            if (key.partition, key.study) not in raced:
-                continue
-            try:
-                file = await self._services.lake.properties(pending.record.path)
-            except FileMissing:
-                await self._services.index.delete_instance(key)
-                pending.announce = False
+        for study, (before, unsettled) in list(self._since.items()):
+            after = await self._services.deletes.marker(*study)
+            if (unsettled and before is not None and before.jobs) or _version(before) != _version(after):
+                raced.add(study)
+                self._since[study] = (after, False)
+            else:
+                del self._since[study]
+        return raced
+
+    async def settle(
+        self, studies: set[tuple[str, str]], touched: list[tuple[InstanceOutcome, _PendingEntity]]
+    ) -> list[_PendingEntity]:
+        """Bring this request's instances in ``studies`` in line with the deletes that ran there.
+
+        Read after the marker, the journal holds a row for every instance that a delete marked
+        then may still remove: such an instance is deleted here and now (its row finished: every
+        step is idempotent) and reported failed, rather than waiting for that delete, which may
+        have died. Any other delete that touched an instance is done with it (``_kept``).
+        Returns the instances settled, to announce and count again.
+        """
+        rows = {row.key: row for study in studies async for row in self._services.deletes.rows_of_study(*study)}
+        mine = [(o, p) for o, p in touched if (p.record.key.partition, p.record.key.study) in studies and not p.withdrawn]
+        held = [rows[p.record.key] for _, p in mine if p.record.key in rows and rows[p.record.key].path]
+        await finish_rows(self._services, held)
+        removed = {row.key for row in held}
+        for outcome, pending in mine:
+            if pending.record.key in removed or not await self._kept(pending):
+                pending.withdrawn = True
                 outcome.failure_reason = PROCESSING_FAILURE
                 outcome.message = "a DELETE of this study that ran at the same time removed the instance; store it again"
                 outcome.retrieve_url = None
-                continue
-            if file.etag == pending.record.etag and await self._services.index.get_instance(key) is None:
-                await self._services.index.put_instance(pending.record)
+        return [pending for _, pending in mine]
+
+    async def _kept(self, pending: _PendingEntity) -> bool:
+        """Whether an instance no delete holds any more is still stored; its entry follows its file.
+
+        A delete removes the file first and the entry after. So when the file is gone, a delete
+        removed it: the entry goes too. When the file is the one this request wrote and the entry
+        is gone, the delete had listed an earlier file there (an orphan, an earlier version) and
+        removed the entry after this request wrote both again: the entry is written back.
+        """
+        key = pending.record.key
+        try:
+            file = await self._services.lake.properties(pending.record.path)
+        except FileMissing:
+            await self._services.index.delete_instance(key)
+            return False
+        ours = not pending.stored_before and file.etag == pending.record.etag
+        if ours and await self._services.index.get_instance(key) is None:
+            await self._services.index.put_instance(pending.record)
+        return True
+
+
+def _version(marker: DeleteMarker | None) -> str | None:
+    return marker.version if marker is not None else None
 
 
 class _InstanceEntityBatches:
@@ -288,10 +334,10 @@ class _InstanceEntityBatches:
         self._open_bytes: dict[tuple[str, str], int] = defaultdict(int)
         self._flushes: list[asyncio.Task] = []
         self.indexed: list[tuple[InstanceOutcome, _PendingEntity]] = []
-        self.duplicates: list[_PendingEntity] = []
+        self.duplicates: list[tuple[InstanceOutcome, _PendingEntity]] = []
 
-    def already_stored(self, pending: _PendingEntity) -> None:
-        self.duplicates.append(pending)
+    def already_stored(self, outcome: InstanceOutcome, pending: _PendingEntity) -> None:
+        self.duplicates.append((outcome, pending))
 
     async def add(self, outcome: InstanceOutcome, pending: _PendingEntity) -> None:
         # Encoding the entity (its DICOM JSON compressed) is CPU work: a worker thread, not the event loop.
@@ -347,16 +393,20 @@ class _InstanceEntityBatches:
                 await self._services.lake.delete(pending.record.path)
 
 
-async def _announce(services: Services, indexed: list[_PendingEntity]) -> None:
+async def _announce(services: Services, indexed: list[_PendingEntity], *, settled: bool = False) -> None:
     """Add the change-feed entries of indexed instances (create, or update when replaced; nothing when announced).
 
+    A withdrawn instance's delete is announced instead (nothing when its delete announced it).
     The instance is stored and indexed already, so a feed that cannot be written does
     not fail it: the version stays unannounced until a reconcile of its path (the
     blob-created event in Azure) or a reindex announces it (operations/reconcile.py).
     """
     try:
         changes = [
-            Change(p.record.key, p.record.path, p.record.etag, probably_new=not (p.replaced or p.stored_before)) for p in indexed
+            Change(p.record.key, p.record.path, "", deleted=True)
+            if p.withdrawn
+            else Change(p.record.key, p.record.path, p.record.etag, probably_new=not (p.replaced or p.stored_before or settled))
+            for p in indexed
         ]
         await services.changefeed.append(changes)
     except STORAGE_FAILURES as error:
