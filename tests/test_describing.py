@@ -5,8 +5,12 @@ from __future__ import annotations
 import io
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +21,7 @@ from dicom_core.settings import Limits
 from tests.dicom_files import file_bytes, new_instance
 
 POOLED = replace(Limits(), parse_processes=1)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 async def pooled(data: bytes, limits: Limits = POOLED):
@@ -62,3 +67,29 @@ async def test_a_killed_worker_costs_no_instance_and_the_process_parses_in_threa
     assert describing._broken.is_set()
     assert await pooled(data) == in_thread(data)
     assert not worker_pids() - killed  # no new pool was started
+
+
+_KILLED_WHILE_STARTING = """
+import os, signal, sys
+from dataclasses import replace
+from dicom_core.operations import describing
+from dicom_core.settings import Limits
+if __name__ == "__main__":
+    describing.start(replace(Limits(), parse_processes=2))
+    print(*describing._pools[2]._processes, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # before its workers have imported anything
+"""
+
+
+def test_workers_of_a_server_killed_while_they_start_do_not_outlive_it(tmp_path):
+    script = tmp_path / "killed_while_starting.py"
+    script.write_text(_KILLED_WHILE_STARTING)
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ran = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=environment, timeout=60)
+    assert ran.returncode == -signal.SIGKILL
+    workers = [int(pid) for pid in ran.stdout.split()]
+    assert len(workers) == 2
+    deadline = time.monotonic() + 30  # a worker finds out once it has started: about a second here
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "a parse worker outlived its server"

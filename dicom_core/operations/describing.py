@@ -24,6 +24,7 @@ import asyncio
 import io
 import logging
 import multiprocessing
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -86,3 +87,7 @@ def _pool(processes: int) -> ProcessPoolExecutor:
 def _worker_started() -> None:
     if sys.platform == "linux":
         stop_with_parent()
+        # A server killed while this worker was still starting sent no signal: it had none to send yet.
+        parent = multiprocessing.parent_process()
+        if parent is not None and os.getppid() != parent.pid:
+            os._exit(0)
