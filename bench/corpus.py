@@ -34,7 +34,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from tqdm import tqdm
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 """Bump when the generated files change, so that cached corpora are not reused."""
 
 CACHE = Path(__file__).resolve().parent / ".cache"
@@ -203,8 +203,13 @@ def load_or_generate_volume(slices: int, size: int) -> Corpus:
 
 
 def _uid(*parts: object) -> str:
-    """A deterministic UID (pydicom root + hash of ``parts``)."""
-    return generate_uid(entropy_srcs=["dicom-bench", *map(str, parts)])
+    """A deterministic UID (pydicom root + hash of ``parts``).
+
+    The parts are joined with a separator: pydicom hashes its entropy sources concatenated, so
+    ("instance", 1, 12, 3) and ("instance", 11, 2, 3) gave one UID (390 duplicates in the corpus of
+    20,000 of generator version 1, where Orthanc kept the first of each and answered 404 for the other).
+    """
+    return generate_uid(entropy_srcs=["dicom-bench|" + "|".join(map(str, parts))])
 
 
 def _patient_name(patient: int) -> str:
@@ -251,6 +256,9 @@ def _generate(root: Path, template: Dataset, plan: list[list[int]], big: tuple[i
         for number, series_sizes in enumerate(plan):
             studies.append(_write_study(template, partial, number, number // STUDIES_PER_PATIENT, series_sizes, progress))
         big_study = _write_study(template, partial, big[0], big[1], [big[2]], progress) if big else None
+    sops = [instance.sop_instance_uid for study in studies for series in study.series for instance in series.instances]
+    if len(set(sops)) != len(sops):
+        raise RuntimeError(f"the corpus has {len(sops) - len(set(sops))} duplicate SOP Instance UIDs (PS3.5 9 wants them unique)")
     document = {
         "studies": [asdict(study) for study in studies],
         "big_series_study": asdict(big_study) if big_study else None,
