@@ -8,6 +8,12 @@ Which one applies is detected from the account, not configured (Azurite, the loc
 emulator, has no dfs endpoint). Reads, ranged reads, listing and deletes use the
 blob endpoint, which serves both kinds of account (docs/lake-layout.md).
 
+The requests an instance costs most often, Get Blob and a small file's Put Blob, are
+written here and sent through the SDK client's own pipeline (signing, retries, request
+counting), without the SDK's per-call client objects and download machinery, which cost
+more CPU than the request itself (docs/benchmark.md). A read cut off mid-body resumes from
+the byte it reached, on the same version of the file.
+
 ETags are compared between what a write returned, what a listing shows and what the
 index recorded, and the SDK returns them quoted from some calls and bare from others,
 so every ETag leaves this adapter in one form: quoted, as HTTP sends it.
@@ -22,13 +28,25 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import BinaryIO
+from urllib.parse import quote
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import (
+    HttpResponseError,
+    IncompleteReadError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceResponseError,
+)
+from azure.core.rest import AsyncHttpResponse, HttpRequest
 from azure.storage.blob import BlobBlock, BlobSasPermissions, ContentSettings, generate_blob_sas
 from azure.storage.blob.aio import BlobClient, BlobServiceClient
 from azure.storage.filedatalake.aio import DataLakeServiceClient
+
+from dicom_core.storage.connections import TRANSFER_BLOCK_BYTES
 
 STAGING_FOLDER = "staging"  # at the file-system root, outside AHDS/: never part of the contract
 _CONTENT_TYPE = "application/dicom"
@@ -37,6 +55,8 @@ _COPY_SAS_LIFETIME = timedelta(hours=1)  # a server-side copy reads its source w
 _COPY_POLL_SECONDS = 0.5
 _COPY_POLLS = 600  # five minutes for one file: a cross-account copy Azure finishes asynchronously
 _SPLICE_BLOCK = 256 * 1024 * 1024  # bytes one Put Block From URL stages (the service allows 4000 MiB)
+_READ_RESUMES = 3  # times one read continues after its connection broke mid-body
+_METADATA_HEADER = "x-ms-meta-"
 
 
 def _block_id(number: int) -> str:
@@ -91,6 +111,19 @@ def normalized_etag(etag: str) -> str:
     return f'"{etag.strip(chr(34))}"'
 
 
+def _storage_error(response: AsyncHttpResponse) -> HttpResponseError:
+    """The SDK's error for a refused request, with the service's error code (``x-ms-error-code``)."""
+    error = HttpResponseError(response=response)
+    error.error_code = response.headers.get("x-ms-error-code")
+    return error
+
+
+def _range_header(offset: int, length: int | None) -> dict[str, str]:
+    if length is not None:
+        return {"x-ms-range": f"bytes={offset}-{offset + length - 1}"}
+    return {"x-ms-range": f"bytes={offset}-"} if offset else {}
+
+
 class Lake:
     """Instance files at contract paths in file system ``file_system``."""
 
@@ -131,6 +164,8 @@ class Lake:
             await self.prepare()
         if self._hierarchical:
             return await self._write_by_rename(path, data, size, overwrite=overwrite)
+        if size <= TRANSFER_BLOCK_BYTES:
+            return await self._put(path, data.read(size), overwrite=overwrite)
         blob = self._container.get_blob_client(path)
         try:
             result = await blob.upload_blob(
@@ -143,6 +178,38 @@ class Lake:
         except ResourceExistsError:
             raise InstanceExists(path) from None
         return LakeFile(path, size, normalized_etag(result["etag"]), result.get("last_modified"))
+
+    async def _put(self, path: str, content: bytes, *, overwrite: bool) -> LakeFile:
+        """One Put Blob of ``content``, as the SDK's ``upload_blob`` sends it for a file of one block."""
+        # Content-Type is signed (Shared Key), so it is set here rather than left to the HTTP client.
+        headers = {
+            "x-ms-blob-type": "BlockBlob",
+            "x-ms-blob-content-type": _CONTENT_TYPE,
+            "Content-Type": "application/octet-stream",
+        }
+        if not overwrite:
+            headers["If-None-Match"] = "*"
+        response = await self._send("PUT", path, headers, content)
+        if response.status_code == 409 and response.headers.get("x-ms-error-code") == "BlobAlreadyExists":
+            raise InstanceExists(path)
+        if response.status_code != 201:
+            raise _storage_error(response)
+        return LakeFile(path, len(content), normalized_etag(response.headers["ETag"]), _last_modified(response))
+
+    async def _send(
+        self, method: str, path: str, headers: dict[str, str], content: bytes | None = None, *, stream: bool = False
+    ) -> AsyncHttpResponse:
+        """One blob request through the container client's pipeline; a streamed answer is read unless it succeeded."""
+        request = HttpRequest(
+            method,
+            f"{self._container.url}/{quote(path)}",
+            headers={"x-ms-version": self._container.api_version, **headers},
+            content=content,
+        )
+        response = await self._container._client._client.send_request(request, stream=stream)
+        if stream and not 200 <= response.status_code < 300:
+            await response.read()  # an error's body, for its message
+        return response
 
     async def _write_by_rename(self, path: str, data: BinaryIO, size: int, *, overwrite: bool) -> LakeFile:
         file_system = self._datalake.get_file_system_client(self.file_system)
@@ -166,29 +233,46 @@ class Lake:
 
     async def read(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
         """The bytes at ``path`` (a range of them when ``offset``/``length`` are given)."""
-        downloader = await self._download(path, offset, length)
-        return await downloader.readall()
+        return b"".join([chunk async for chunk in self.stream(path, offset, length)])
 
     async def stream(
         self, path: str, offset: int = 0, length: int | None = None, *, etag: str | None = None
     ) -> AsyncIterator[bytes]:
-        """The bytes at ``path`` in chunks; with ``etag``, only if the file still has it."""
-        downloader = await self._download(path, offset, length, etag=etag)
-        async for chunk in downloader.chunks():
-            yield chunk
+        """The bytes at ``path`` in chunks; with ``etag``, only if the file still has it.
 
-    async def _download(self, path: str, offset: int, length: int | None, etag: str | None = None):
-        conditions = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
-        try:
-            return await self._container.get_blob_client(path).download_blob(
-                # The SDK wants an offset whenever a length is given, 0 included.
-                offset=offset if offset or length is not None else None,
-                length=length,
-                max_concurrency=_UPLOAD_CONCURRENCY,
-                **conditions,
-            )
-        except ResourceNotFoundError:
-            raise FileMissing(path) from None
+        One Get Blob streamed. When its connection breaks mid-body, a ranged read of the
+        same version (If-Match on the ETag it answered with) continues from the byte reached.
+        """
+        response = await self._get(path, offset, length, etag)
+        etag = etag or normalized_etag(response.headers["ETag"])
+        end = None if length is None else offset + length
+        for resume in range(_READ_RESUMES + 1):
+            try:
+                async for chunk in response.iter_bytes():
+                    offset += len(chunk)
+                    yield chunk
+                return
+            except (IncompleteReadError, ServiceResponseError):
+                if offset == end:
+                    return
+                if resume == _READ_RESUMES:
+                    raise
+            finally:
+                await response.close()  # also when the reader stops early: the connection goes back to the pool
+            response = await self._get(path, offset, None if end is None else end - offset, etag)
+
+    async def _get(self, path: str, offset: int, length: int | None, etag: str | None) -> AsyncHttpResponse:
+        headers = _range_header(offset, length) | ({"If-Match": etag} if etag else {})
+        response = await self._send("GET", path, headers, stream=True)
+        if response.status_code in (200, 206):
+            return response
+        if response.status_code == 404:
+            raise FileMissing(path)
+        if response.status_code == 412:
+            raise ResourceModifiedError(response=response)
+        if response.status_code == 416 and offset == 0:
+            return await self._get(path, 0, None, etag)  # an empty file has no first byte to range from
+        raise _storage_error(response)
 
     async def delete(self, path: str) -> bool:
         """Delete the file at ``path``; False when there was none."""
@@ -224,14 +308,17 @@ class Lake:
 
     async def head(self, path: str, length: int) -> tuple[bytes, LakeFile, dict[str, str]]:
         """The first ``length`` bytes of the file (fewer when it is shorter), the file, and its blob metadata."""
-        downloader = await self._download(path, 0, length)
-        data = await downloader.readall()
-        properties = downloader.properties
+        response = await self._get(path, 0, length, None)
+        data = await response.read()
+        headers = response.headers
         # A ranged read's size is the range's; the file's is after the slash of "bytes 0-N/SIZE".
-        content_range = getattr(properties, "content_range", None)
-        size = int(content_range.rpartition("/")[2]) if content_range else properties.size
-        file = LakeFile(path, size, normalized_etag(properties.etag), properties.last_modified)
-        return data, file, dict(properties.metadata or {})
+        content_range = headers.get("Content-Range")
+        size = int(content_range.rpartition("/")[2]) if content_range else int(headers["Content-Length"])
+        file = LakeFile(path, size, normalized_etag(headers["ETag"]), _last_modified(response))
+        metadata = {
+            name[len(_METADATA_HEADER) :]: value for name, value in headers.items() if name.lower().startswith(_METADATA_HEADER)
+        }
+        return data, file, metadata
 
     async def copy(self, source: str, target: str) -> None:
         """Copy the file at ``source`` to ``target`` (replacing any file there) inside the storage account.
@@ -276,3 +363,8 @@ class Lake:
             if blob.size == 0 and blob.name.endswith("/"):
                 continue  # a directory entry on a hierarchical account
             yield LakeFile(blob.name, blob.size, normalized_etag(blob.etag), blob.last_modified)
+
+
+def _last_modified(response: AsyncHttpResponse) -> datetime | None:
+    value = response.headers.get("Last-Modified")
+    return parsedate_to_datetime(value) if value else None
