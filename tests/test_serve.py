@@ -16,6 +16,7 @@ import httpx
 import pytest
 from azure.storage.blob import BlobServiceClient
 
+from dicom_core.local import azurite
 from dicom_core.local.azurite import connection_string
 from tests.dicom_files import multipart, new_instance, stow_headers, uids
 from tests.server import start_server
@@ -127,3 +128,13 @@ def test_serve_with_workers_stores_and_stops_its_workers_and_emulator(tmp_path, 
             assert _wait_until_closed(port), f"port {port} open after {stop_signal.name}: a worker or Azurite outlived serve"
     finally:
         _stop(process)
+
+
+def test_the_emulator_exits_by_itself_when_asked_to_stop(tmp_path):
+    # Not killed after its grace period: with telemetry on, Azurite's exit waited on a report it
+    # could not send from a machine without internet access, and stop() had to SIGKILL it.
+    emulator = azurite.start(tmp_path / "azurite")
+    with BlobServiceClient.from_connection_string(emulator.connection_string) as blobs:
+        blobs.create_container("dicom")
+    emulator.stop()
+    assert emulator.process.returncode == 0

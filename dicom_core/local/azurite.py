@@ -94,6 +94,9 @@ def start(
         find_executable(),
         "--skipApiVersionCheck",
         "--loose",
+        # Azurite reports usage to Microsoft unless told not to; on a machine without internet access
+        # its exit then waits about ten seconds on that report, and a hospital's data stays local anyway.
+        "--disableTelemetry",
         "--location",
         str(location),
         "--blobHost",
