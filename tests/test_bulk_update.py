@@ -284,6 +284,19 @@ async def test_a_second_update_keeps_the_first_original_and_a_missing_study_fail
     assert await instance_file(client, data, original=True) == preamble_zeroed(data)
 
 
+async def test_an_instance_with_the_old_values_stored_after_an_update_is_found_by_them(client, services):
+    # The update removed the study's lookup entries of the old values; a late instance that still
+    # carries them must write them again, though the study's entity once had them.
+    data = new_instance(patient_id="WRONG")
+    await store(client, [data])
+    study, series, _ = keys_of(data)
+    assert (await updated(client, services, [study]))["status"] == "completed"
+    assert (await client.get("/v2/studies", params={"PatientID": "WRONG"})).json() == []
+    await store(client, [new_instance(study=study, series=series, patient_id="WRONG")])
+    found = (await client.get("/v2/studies", params={"PatientID": "WRONG"})).json()
+    assert [match["0020000D"]["Value"][0] for match in found] == [study]
+
+
 async def test_a_study_being_updated_cannot_be_updated_by_a_second_request(client, services):
     data = new_instance()
     await store(client, [data])

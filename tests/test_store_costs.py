@@ -46,3 +46,22 @@ async def test_a_hundred_instances_announce_in_three_feed_transactions(client, s
     # its own counter read); the lookup and instance transactions still hold all 100.
     assert requests == 2 + 3 + 1 + (1 + 3) + 13 + 6 + 1
     assert written == 300 + 100 + (200 + 3) + 14 + 2
+
+
+async def test_a_study_stored_series_by_series_writes_its_study_lookup_entries_once(client, services):
+    study, series, other_series = generate_uid(), generate_uid(), generate_uid()
+    first = [new_instance(study=study, series=series, InstanceNumber=n) for n in range(1, 4)]
+    await stow_costs(client, services, first)
+    second = [new_instance(study=study, series=other_series, InstanceNumber=n) for n in range(1, 4)]
+    requests, written, _ = await stow_costs(client, services, second)
+    # The delete marker twice, 3 instance lookup transactions, 1 of entities, the feed's counter read
+    # and 1 transaction (3 entries, 3 pointers, the counter), the recounts, the tag registry. The
+    # study's entity says a store wrote its lookup entries for these attributes and this modality:
+    # only the new series' 4 are written.
+    assert requests == 2 + 3 + 1 + 2 + 4 + 6 + 1
+    assert written == 9 + 3 + 7 + 4 + 2
+    # A third request into the first series writes no study or series lookup entry at all.
+    third = [new_instance(study=study, series=series, InstanceNumber=n) for n in range(4, 7)]
+    requests, written, _ = await stow_costs(client, services, third)
+    assert requests == 2 + 3 + 1 + 2 + 0 + 6 + 1
+    assert written == 9 + 3 + 7 + 0 + 2

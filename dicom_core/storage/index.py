@@ -27,6 +27,8 @@ the record; another host's writes are caught by the ETag condition.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import logging
 import zlib
@@ -63,6 +65,9 @@ _MAX_BINARY = 64 * 1024  # Table Storage's limit for one binary property
 _CONCURRENCY_RETRIES = 50
 _MODALITY = "00080060"
 _PAGE = 1000  # Table Storage's largest page
+# On a study or series entity: which attributes and modality a store last wrote lookup entries for.
+_LOOKUP_DIGEST = "LookupDigest"
+_NOT_READ: Any = object()  # _recount's entity when the caller has not read it already
 MAX_TRANSACTION_BYTES = 2 * 1024 * 1024
 """What one transaction of instance entities may carry (``PreparedInstance.size``): well under the 4 MiB limit."""
 # Instance columns read unless the metadata is asked for: everything but the DICOM JSON, the largest.
@@ -349,9 +354,7 @@ class Index:
         """Create or replace instance entities of one study in one transaction (at most 100, under 4 MiB)."""
         self._cached.forget(item.record.key for item in prepared)
         await self.lookup.put(entry for item in prepared for entry in instance_entries(item.record))
-        await self._instances.submit(
-            [("upsert", item.entity, {"mode": UpdateMode.REPLACE}) for item in prepared]
-        )
+        await self._instances.submit([("upsert", item.entity, {"mode": UpdateMode.REPLACE}) for item in prepared])
 
     def instances_of_study(
         self,
@@ -590,14 +593,24 @@ class Index:
 
         The lookup entries of both go first, so a study or series is never visible without
         them; an entry left by a failure in between is stale, and searches verify entries.
+        A study or series whose entity says a store already wrote the entries of these very
+        attributes, and still holds them, is not written again: a study stored series by
+        series, or a series stored instance by instance, writes its entries once.
         """
-        await self.lookup.put(
-            study_entries(update.partition, update.study, update.study_attributes, update.modality)
-            + level_entries(update.partition, Level.SERIES, (update.study, update.series), update.series_attributes)
+        pk = study_partition_key(update.partition, update.study)
+        series, study = await asyncio.gather(
+            self._get(self._series.client, pk, update.series), self._get(self._studies.client, update.partition, update.study)
         )
-        await self.refresh(update.partition, update.study, [update.series], update)
+        entries = []
+        if not _has_lookup_entries(study, update.study_attributes, update.modality):
+            entries += study_entries(update.partition, update.study, update.study_attributes, update.modality)
+        if not _has_lookup_entries(series, update.series_attributes, update.modality):
+            entries += level_entries(update.partition, Level.SERIES, (update.study, update.series), update.series_attributes)
+        await self.lookup.put(entries)
+        await self._refresh_series(update.partition, update.study, update.series, update, read=series)
+        await self._refresh_study(update.partition, update.study, update, read=study)
 
-    async def refresh(self, partition: str, study: str, series: Iterable[str], update: LevelUpdate | None = None) -> bool:
+    async def refresh(self, partition: str, study: str, series: Iterable[str]) -> bool:
         """Recount ``series`` of ``study`` and then the study from the entities under them; True when a count changed.
 
         Counts are derived, never incremented, so a store or delete that is retried, or
@@ -608,10 +621,12 @@ class Index:
         """
         changed = False
         for uid in dict.fromkeys(series):
-            changed |= await self._refresh_series(partition, study, uid, update)
-        return await self._refresh_study(partition, study, update) or changed
+            changed |= await self._refresh_series(partition, study, uid, None)
+        return await self._refresh_study(partition, study, None) or changed
 
-    async def _refresh_series(self, partition: str, study: str, series: str, update: LevelUpdate | None) -> bool:
+    async def _refresh_series(
+        self, partition: str, study: str, series: str, update: LevelUpdate | None, read: Any = _NOT_READ
+    ) -> bool:
         pk = study_partition_key(partition, study)
 
         async def recounted(current: TableEntity | None) -> tuple[dict | None, bool]:
@@ -627,12 +642,14 @@ class Index:
             entity.update(NumberOfSeriesRelatedInstances=count, UpdatedAt=datetime.now(UTC))
             if attributes is not None:
                 entity.update(Attributes=json.dumps(attributes, separators=(",", ":")), Modality=modality or "")
+            if update is not None:  # record_stored wrote (or found) the entries of these attributes
+                entity[_LOOKUP_DIGEST] = _lookup_digest(update.series_attributes, update.modality)
             before = int(current.get("NumberOfSeriesRelatedInstances", -1)) if current is not None else 0
             return entity, before != count
 
-        return await self._recount(self._series.client, pk, series, f"series {series}", recounted)
+        return await self._recount(self._series.client, pk, series, f"series {series}", recounted, read)
 
-    async def _refresh_study(self, partition: str, study: str, update: LevelUpdate | None) -> bool:
+    async def _refresh_study(self, partition: str, study: str, update: LevelUpdate | None, read: Any = _NOT_READ) -> bool:
         async def recounted(current: TableEntity | None) -> tuple[dict | None, bool]:
             series = [record async for record in self.children(Level.SERIES, partition, study)]
             if not series:
@@ -648,6 +665,8 @@ class Index:
             entity.update(ModalityCounts=json.dumps(modalities, sort_keys=True))
             if attributes is not None:
                 entity["Attributes"] = json.dumps(attributes, separators=(",", ":"))
+            if update is not None:
+                entity[_LOOKUP_DIGEST] = _lookup_digest(update.study_attributes, update.modality)
             before = _study_record(current) if current is not None else None
             unchanged = before is not None and (before.series_count, before.instance_count, dict(before.modality_counts)) == (
                 *counts,
@@ -655,7 +674,7 @@ class Index:
             )
             return entity, not unchanged
 
-        return await self._recount(self._studies.client, partition, study, f"study {study}", recounted)
+        return await self._recount(self._studies.client, partition, study, f"study {study}", recounted, read)
 
     async def _recount(
         self,
@@ -664,14 +683,16 @@ class Index:
         rk: str,
         what: str,
         recounted: Callable[[TableEntity | None], Awaitable[tuple[dict | None, bool]]],
+        read: Any = _NOT_READ,
     ) -> bool:
         """Write what ``recounted`` makes of the entity at ``pk``/``rk`` (None: remove it), conditional on its ETag.
 
-        The entity is read before counting, so a write that succeeds counted after every
-        change that preceded it; a conflict reads and counts again. True when a count changed.
+        The entity is read before counting (``read``: the caller read it already), so a write
+        that succeeds counted after every change that preceded it; a conflict reads and counts
+        again. True when a count changed.
         """
-        for _ in range(_CONCURRENCY_RETRIES):
-            current = await self._get(table, pk, rk)
+        for attempt in range(_CONCURRENCY_RETRIES):
+            current = read if attempt == 0 and read is not _NOT_READ else await self._get(table, pk, rk)
             try:
                 entity, changed = await recounted(current)
                 if entity is None:
@@ -713,3 +734,20 @@ class Index:
             model = record.metadata or record.attributes
             return str((model.get(_MODALITY) or {}).get("Value", [""])[0] or ""), level_json(model, tags)
         return "", {}
+
+
+def _lookup_digest(attributes: dict, modality: str) -> str:
+    return hashlib.sha256(json.dumps([attributes, modality], sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _has_lookup_entries(entity: TableEntity | None, attributes: dict, modality: str) -> bool:
+    """Whether a store wrote the lookup entries of ``attributes`` and ``modality`` for this study or series entity.
+
+    Its attributes must also still be these: a bulk update that changed them removed their
+    entries, and a store of the old values must write them again.
+    """
+    return (
+        entity is not None
+        and entity.get(_LOOKUP_DIGEST) == _lookup_digest(attributes, modality)
+        and json.loads(entity.get("Attributes") or "null") == attributes
+    )
