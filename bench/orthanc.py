@@ -29,7 +29,8 @@ from pathlib import Path
 
 import httpx
 
-from bench.process import BenchmarkError, Server, free_port, stop, wait_until_answers
+from bench.process import BenchmarkError, Server, stop, wait_until_answers
+from dicom_core.local.azurite import free_port
 
 PACKAGES = ("orthanc", "orthanc-dicomweb")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")

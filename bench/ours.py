@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.process import BenchmarkError, Server, free_port, stop, wait_until_answers
+from bench.process import BenchmarkError, Server, stop, wait_until_answers
 from dicom_core.local import azurite
 from dicom_core.settings import Settings
 
@@ -56,7 +56,7 @@ def running(data: Path) -> Iterator[Server]:
     except (FileNotFoundError, RuntimeError, TimeoutError) as error:
         raise BenchmarkError(f"Azurite did not start: {error}") from error
     try:
-        port = free_port()
+        port = azurite.free_port()
         log = data / "server.log"
         with open(log, "ab") as output:
             process = subprocess.Popen(
