@@ -206,6 +206,8 @@ class Lake:
             headers={"x-ms-version": self._container.api_version, **headers},
             content=content,
         )
+        # The SDK has no public call that sends a request of ours through a client's pipeline; this
+        # one is its generated client's, as in azure-storage-blob pinned in requirements.txt.
         response = await self._container._client._client.send_request(request, stream=stream)
         if stream and not 200 <= response.status_code < 300:
             await response.read()  # an error's body, for its message
