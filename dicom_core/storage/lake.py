@@ -260,7 +260,7 @@ class Lake:
                 if resume == _READ_RESUMES:
                     raise
             finally:
-                await response.close()  # also when the reader stops early: the connection goes back to the pool
+                await response.close()  # also when the reader stops early: a half-read connection is not reused
             response = await self._get(path, offset, None if end is None else end - offset, etag)
 
     async def _get(self, path: str, offset: int, length: int | None, etag: str | None) -> AsyncHttpResponse:
