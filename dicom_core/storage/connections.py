@@ -44,13 +44,12 @@ def _missing(connection_name: str, what: str) -> ValueError:
 
 
 # Uploads above this size go in blocks of this size, so an upload holds at most
-# (block size x upload concurrency) in memory whatever the size of the instance.
+# (block size x upload concurrency) in memory whatever the size of the instance. Reads do not
+# go through the SDK's downloader (storage/lake.py streams Get Blob), so they need no sizes here.
 TRANSFER_BLOCK_BYTES = 4 * 1024 * 1024
 _TRANSFER_OPTIONS = {
     "max_single_put_size": TRANSFER_BLOCK_BYTES,
     "max_block_size": TRANSFER_BLOCK_BYTES,
-    "max_single_get_size": TRANSFER_BLOCK_BYTES,
-    "max_chunk_get_size": TRANSFER_BLOCK_BYTES,
 }
 
 
