@@ -598,17 +598,17 @@ class Index:
         series, or a series stored instance by instance, writes its entries once.
         """
         pk = study_partition_key(update.partition, update.study)
-        series, study = await asyncio.gather(
+        series_entity, study_entity = await asyncio.gather(
             self._get(self._series.client, pk, update.series), self._get(self._studies.client, update.partition, update.study)
         )
         entries = []
-        if not _has_lookup_entries(study, update.study_attributes, update.modality):
+        if not _has_lookup_entries(study_entity, update.study_attributes, update.modality):
             entries += study_entries(update.partition, update.study, update.study_attributes, update.modality)
-        if not _has_lookup_entries(series, update.series_attributes, update.modality):
+        if not _has_lookup_entries(series_entity, update.series_attributes, update.modality):
             entries += level_entries(update.partition, Level.SERIES, (update.study, update.series), update.series_attributes)
         await self.lookup.put(entries)
-        await self._refresh_series(update.partition, update.study, update.series, update, read=series)
-        await self._refresh_study(update.partition, update.study, update, read=study)
+        await self._refresh_series(update.partition, update.study, update.series, update, read=series_entity)
+        await self._refresh_study(update.partition, update.study, update, read=study_entity)
 
     async def refresh(self, partition: str, study: str, series: Iterable[str]) -> bool:
         """Recount ``series`` of ``study`` and then the study from the entities under them; True when a count changed.
