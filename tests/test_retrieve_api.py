@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import io
 import secrets
 import zipfile
@@ -19,6 +21,7 @@ from dicom_core.http.app import create_app
 from dicom_core.http.media_types import MediaType
 from dicom_core.operations.retrieve import instances as retrieve_operation
 from dicom_core.operations.retrieve import streams as retrieve_streams
+from dicom_core.operations.retrieve.reading import ReadAhead
 from dicom_core.services import Services
 from dicom_core.settings import Settings
 from dicom_core.storage import index as index_module
@@ -197,6 +200,48 @@ async def test_a_known_instance_or_frame_costs_one_lake_request_and_no_index_req
         assert (await other.get(f"/v2/studies/{study}/series/{series}/metadata")).status_code == 200
         response, index_requests, lake_requests = await _costs(host, other, f"{instance_url(instances[2])}/frames/1", FRAMES)
         assert response.status_code == 200 and (index_requests, lake_requests) == (0, 1)
+
+
+async def test_a_first_retrieve_asks_for_the_file_while_the_index_read_is_in_flight(client, settings, monkeypatch):
+    _, _, [data] = await _series(client, 1)
+    async with _another_host(settings) as (host, other):
+        file_requested = asyncio.Event()
+        lake_open, point_read = host.lake.open, host.index.get_instance
+
+        async def open_file(*args, **options):
+            file_requested.set()
+            return await lake_open(*args, **options)
+
+        async def index_answering_once_the_file_was_asked_for(key):
+            # Were the two reads sent one after the other, the file would be asked for only after this returned.
+            await asyncio.wait_for(file_requested.wait(), 5)
+            return await point_read(key)
+
+        monkeypatch.setattr(host.lake, "open", open_file)
+        monkeypatch.setattr(host.index, "get_instance", index_answering_once_the_file_was_asked_for)
+        response, index_requests, lake_requests = await _costs(host, other, instance_url(data), AS_STORED)
+        assert response.status_code == 200 and (index_requests, lake_requests) == (1, 1)
+        assert split_multipart(response)[0][1] == preamble_zeroed(data)
+
+
+async def test_a_read_ahead_serves_only_the_recorded_version_at_the_recorded_path(client, services):
+    _, _, [first, second] = await _series(client, 2)
+    record = await services.index.get_instance(_key(first))
+    other_record = await services.index.get_instance(_key(second))
+
+    async def taken(path: str, instance) -> bytes | None:
+        ahead = ReadAhead(services.lake, path)
+        try:
+            chunks = await ahead.take(instance)
+            return None if chunks is None else b"".join([chunk async for chunk in chunks])
+        finally:
+            await ahead.close()
+
+    assert await taken(record.path, record) == preamble_zeroed(first)
+    assert await taken(record.path, other_record) is None  # another path recorded
+    assert await taken(record.path, dataclasses.replace(record, etag='"0x1"')) is None  # another version recorded
+    assert await taken(record.path, dataclasses.replace(record, etag="")) is None  # an original: no ETag to compare
+    assert await taken(f"{record.path}.missing", dataclasses.replace(record, path=f"{record.path}.missing")) is None
 
 
 async def test_the_cache_keeps_the_records_read_last_within_its_size(client, settings, monkeypatch):

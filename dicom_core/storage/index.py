@@ -286,14 +286,8 @@ class Index:
 
     # -- instances ---------------------------------------------------------------------------
 
-    async def get_instance(self, key: InstanceKey, *, cached: bool = False) -> InstanceRecord | None:
-        """The instance ``key`` by a point read, or None.
-
-        With ``cached``, a record this process read lately comes back without a request,
-        marked ``cached`` and without its DICOM JSON (see the module docstring for who may ask).
-        """
-        if cached and (record := self._cached.get(key)) is not None:
-            return record
+    async def get_instance(self, key: InstanceKey) -> InstanceRecord | None:
+        """The instance ``key`` by a point read, or None."""
         entity = await self._get(self._instances.client, *instance_keys(key))
         if entity is None:
             self._cached.forget([key])
@@ -301,6 +295,13 @@ class Index:
         record = _instance_record(entity)
         self._cached.put(record)
         return record
+
+    def cached_instance(self, key: InstanceKey) -> InstanceRecord | None:
+        """The record of ``key`` this process read lately, without a request: marked ``cached``, without its DICOM JSON.
+
+        See the module docstring for who may use it.
+        """
+        return self._cached.get(key)
 
     def prepare_instance(self, record: InstanceRecord) -> PreparedInstance:
         return PreparedInstance(record, _instance_entity(record))

@@ -106,6 +106,21 @@ class LakeFile:
     last_modified: datetime | None
 
 
+@dataclass(frozen=True)
+class OpenRead:
+    """A read of a file that the lake answered: the version it is reading, and its bytes, read from ``chunks``.
+
+    A read whose chunks are not wanted after all is ``close``d, which frees its connection.
+    """
+
+    etag: str
+    chunks: AsyncIterator[bytes]
+    _response: AsyncHttpResponse
+
+    async def close(self) -> None:
+        await self._response.close()
+
+
 def normalized_etag(etag: str) -> str:
     """The ETag in quotes, whichever form the SDK call returned."""
     return f'"{etag.strip(chr(34))}"'
@@ -240,13 +255,25 @@ class Lake:
     async def stream(
         self, path: str, offset: int = 0, length: int | None = None, *, etag: str | None = None
     ) -> AsyncIterator[bytes]:
-        """The bytes at ``path`` in chunks; with ``etag``, only if the file still has it.
+        """The bytes at ``path`` in chunks; with ``etag``, only if the file still has it (``open``, then its chunks)."""
+        opened = await self.open(path, offset, length, etag=etag)
+        async for chunk in opened.chunks:
+            yield chunk
 
-        One Get Blob streamed. When its connection breaks mid-body, a ranged read of the
-        same version (If-Match on the ETag it answered with) continues from the byte reached.
+    async def open(self, path: str, offset: int = 0, length: int | None = None, *, etag: str | None = None) -> OpenRead:
+        """One Get Blob of the bytes at ``path``, answered but its body not read yet; with ``etag``, only if the file has it.
+
+        Raises FileMissing, ResourceModifiedError (another ETag) or HttpResponseError at once.
+        When the connection breaks mid-body, a ranged read of the same version (If-Match on the
+        ETag it answered with) continues from the byte reached.
         """
         response = await self._get(path, offset, length, etag)
-        etag = etag or normalized_etag(response.headers["ETag"])
+        version = etag or normalized_etag(response.headers["ETag"])
+        return OpenRead(version, self._chunks(response, path, offset, length, version), response)
+
+    async def _chunks(
+        self, response: AsyncHttpResponse, path: str, offset: int, length: int | None, etag: str
+    ) -> AsyncIterator[bytes]:
         end = None if length is None else offset + length
         for resume in range(_READ_RESUMES + 1):
             try:

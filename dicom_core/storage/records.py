@@ -45,7 +45,7 @@ class InstanceRecord:
     original_path: str | None = None
     """Where the instance as first received is kept, once a bulk update changed it (docs/bulk-update.md)."""
     cached: bool = False
-    """Served from this process's cache of instance records (``Index.get_instance(cached=True)``), not read
+    """Served from this process's cache of instance records (``Index.cached_instance``), not read
     from the index for this request: only a read of the file conditional on ``etag`` proves it current."""
 
     @property

@@ -6,19 +6,16 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from dicom_core.errors import DicomServiceError, NotFound
-from dicom_core.operations.retrieve.reading import StaleRecord
+from dicom_core.operations.retrieve.reading import ReadAhead, StaleRecord
 from dicom_core.services import Services
 from dicom_core.settings import DEFAULT_PARTITION
 from dicom_core.storage.layout import InstanceKey, Scope
 from dicom_core.storage.records import InstanceRecord
 
 
-async def find_instance(services: Services, key: InstanceKey, *, cached: bool = False) -> InstanceRecord:
-    """The instance ``key``; NotFound names the level (study, series, instance) that is missing.
-
-    ``cached`` allows this process's cached record (only for ``with_instance``).
-    """
-    record = await services.index.get_instance(key, cached=cached)
+async def find_instance(services: Services, key: InstanceKey) -> InstanceRecord:
+    """The instance ``key`` read from the index; NotFound names the level (study, series, instance) that is missing."""
+    record = await services.index.get_instance(key)
     if record is None:
         raise await missing(services, Scope(key.partition, key.study, key.series, key.sop))
     return record
@@ -27,7 +24,13 @@ async def find_instance(services: Services, key: InstanceKey, *, cached: bool = 
 T = TypeVar("T")
 
 
-async def with_instance(services: Services, key: InstanceKey, use: Callable[[InstanceRecord], Awaitable[T]]) -> T:
+async def with_instance(
+    services: Services,
+    key: InstanceKey,
+    use: Callable[[InstanceRecord, ReadAhead | None], Awaitable[T]],
+    *,
+    read_ahead: bool = False,
+) -> T:
     """``use`` of the instance ``key``, from this process's cached record when it has one.
 
     ``use`` must read the file through reading.open_file before it returns, as a response's
@@ -36,14 +39,24 @@ async def with_instance(services: Services, key: InstanceKey, use: Callable[[Ins
     with a cached record (the lake contradicts it, or an error decided from its fields, such
     as a frame number or a transfer syntax) is decided again on a fresh index read, so every
     error is the one a fresh record gives.
+
+    Without a cached record and with ``read_ahead`` (for a ``use`` that reads the whole file), the
+    file at the instance's layout path is requested at the same time as the index read, and
+    ``use`` gets that read to serve it if the record proves it current (reading.ReadAhead): one
+    round trip of latency instead of two.
     """
-    record = await find_instance(services, key, cached=True)
+    record = services.index.cached_instance(key)
+    if record is not None:
+        try:
+            return await use(record, None)
+        except (StaleRecord, DicomServiceError):
+            pass
+    ahead = ReadAhead(services.lake, services.layout.instance_path(key)) if read_ahead else None
     try:
-        return await use(record)
-    except (StaleRecord, DicomServiceError):
-        if not record.cached:
-            raise
-        return await use(await find_instance(services, key))
+        return await use(await find_instance(services, key), ahead)
+    finally:
+        if ahead is not None:
+            await ahead.close()
 
 
 async def find_instances(services: Services, target: Scope, *, metadata: bool = False) -> list[InstanceRecord]:

@@ -21,7 +21,7 @@ from dicom_core.dicom.transcode import CannotEncode, encoded_frame
 from dicom_core.errors import NotAcceptable, NotFound
 from dicom_core.operations.retrieve.finding import with_instance
 from dicom_core.operations.retrieve.instances import AS_STORED, Part, check_transfer_syntax
-from dicom_core.operations.retrieve.reading import read_dataset, read_header, read_ranges, require_pixel_data
+from dicom_core.operations.retrieve.reading import ReadAhead, read_dataset, read_header, read_ranges, require_pixel_data
 from dicom_core.operations.retrieve.streams import in_order, iterate, single, started
 from dicom_core.services import Services
 from dicom_core.storage.layout import InstanceKey
@@ -62,7 +62,7 @@ async def retrieve_frames(
     is negotiated here, from the record the frames are read with.
     """
 
-    async def use(instance: InstanceRecord) -> tuple[FrameRendition, AsyncIterator[Part]]:
+    async def use(instance: InstanceRecord, _: ReadAhead | None) -> tuple[FrameRendition, AsyncIterator[Part]]:
         rendition = negotiate(instance.transfer_syntax)
         return rendition, await _frames(services, instance, numbers, rendition)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from dicom_core.dicom.transcode import TARGET_SYNTAXES, can_transcode, transcode
 from dicom_core.errors import NotAcceptable
 from dicom_core.operations.retrieve.finding import find_instances, with_instance
-from dicom_core.operations.retrieve.reading import as_received, open_file, read
+from dicom_core.operations.retrieve.reading import ReadAhead, as_received, open_file, read
 from dicom_core.operations.retrieve.streams import in_order, single, started
 from dicom_core.services import Services
 from dicom_core.storage.layout import InstanceKey, Scope
@@ -56,30 +56,37 @@ async def retrieve_instances(
     With ``original``, each instance a bulk update changed comes as first received.
     The first file is opened before this returns, so that a failure to read it
     (removed, modified, archived) is the response's status, not a broken stream.
-    One instance may come from the cached record (finding.with_instance).
+    One instance may come from the cached record, or from a read sent with its index read (finding.with_instance).
     """
     if target.sop is not None and target.series is not None:
         key = InstanceKey(target.partition, target.study, target.series, target.sop)
         return await with_instance(
-            services, key, lambda instance: _started([instance], services, transfer_syntax, original)
+            services,
+            key,
+            lambda instance, ahead: _started([instance], services, transfer_syntax, original, ahead),
+            read_ahead=True,
         )
     return await _started(await find_instances(services, target), services, transfer_syntax, original)
 
 
 async def _started(
-    instances: list[InstanceRecord], services: Services, transfer_syntax: str, original: bool
+    instances: list[InstanceRecord],
+    services: Services,
+    transfer_syntax: str,
+    original: bool,
+    ahead: ReadAhead | None = None,
 ) -> AsyncIterator[Part]:
     check_transfer_syntax(instances, transfer_syntax)
     if original:
         instances = [as_received(instance) for instance in instances]
-    return await started(in_order(instances, lambda instance: _open_instance(services, instance, transfer_syntax)))
+    return await started(in_order(instances, lambda instance: _open_instance(services, instance, transfer_syntax, ahead)))
 
 
-async def _open_instance(services: Services, instance: InstanceRecord, transfer_syntax: str) -> Part:
+async def _open_instance(services: Services, instance: InstanceRecord, transfer_syntax: str, ahead: ReadAhead | None) -> Part:
     name = f"{instance.key.study}/{instance.key.series}/{instance.key.sop}.dcm"
     if transfer_syntax in (AS_STORED, instance.transfer_syntax):
-        return Part(DICOM, instance.transfer_syntax, await open_file(services, instance), name)
-    data = await read(services, instance)
+        return Part(DICOM, instance.transfer_syntax, await open_file(services, instance, ahead=ahead), name)
+    data = await read(services, instance, ahead=ahead)
     try:
         transcoded = await asyncio.to_thread(transcode, data, transfer_syntax)
     except Exception as error:  # decoders and encoders raise many types on pixel data they cannot handle

@@ -13,14 +13,14 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pydicom
-from azure.core.exceptions import HttpResponseError, ResourceModifiedError
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceModifiedError
 from pydicom.dataset import Dataset
 
 from dicom_core.dicom.parse import pydicom_lock
 from dicom_core.errors import Conflict, DicomServiceError, NotFound
 from dicom_core.operations.retrieve.streams import prepend
 from dicom_core.services import Services
-from dicom_core.storage.lake import FileMissing
+from dicom_core.storage.lake import FileMissing, Lake
 from dicom_core.storage.records import InstanceRecord
 
 FILE_REMOVED = "file removed from the lake outside the API"
@@ -41,11 +41,58 @@ class StaleRecord(Exception):
     """A cached record that the lake contradicts: decide again on a fresh index read (finding.with_instance)."""
 
 
+class ReadAhead:
+    """The whole file at an instance's layout path, requested before its index record is read, unconditionally.
+
+    Sent together with the index read (finding.with_instance), it makes a first retrieve one
+    round trip long rather than two. Its bytes are served only for a record that names this
+    path and the ETag the lake answered with, which is what the record's own conditional read
+    would have returned; for anything else (no record, the original a bulk update kept, another
+    ETag, a failed read) the record's own read decides, as without it. A read not taken is closed.
+    """
+
+    def __init__(self, lake: Lake, path: str) -> None:
+        self._path = path
+        self._opening = asyncio.ensure_future(lake.open(path))
+        self._taken = False
+
+    async def take(self, instance: InstanceRecord) -> AsyncIterator[bytes] | None:
+        """The file's chunks if they are ``instance``'s recorded version, else None."""
+        if self._taken or instance.path != self._path or not instance.etag:
+            return None
+        try:
+            opened = await self._opening
+        except (FileMissing, AzureError):
+            return None  # the record's own read meets the same and reports it
+        if opened.etag != instance.etag:
+            return None
+        self._taken = True
+        return opened.chunks
+
+    async def close(self) -> None:
+        if self._taken:
+            return
+        if not self._opening.done():
+            self._opening.cancel()  # abandoned in flight: its connection is closed, not reused
+        elif not self._opening.cancelled() and self._opening.exception() is None:
+            await self._opening.result().close()
+
+
 async def open_file(
-    services: Services, instance: InstanceRecord, offset: int = 0, length: int | None = None
+    services: Services,
+    instance: InstanceRecord,
+    offset: int = 0,
+    length: int | None = None,
+    *,
+    ahead: ReadAhead | None = None,
 ) -> AsyncIterator[bytes]:
-    """The bytes of the file (or of one range of it), its first block already read and checked."""
-    chunks = services.lake.stream(instance.path, offset, length, etag=instance.etag)
+    """The bytes of the file (or of one range of it), its first block already read and checked.
+
+    A whole file comes from ``ahead`` when that read is of the recorded version.
+    """
+    chunks = await ahead.take(instance) if ahead is not None and offset == 0 and length is None else None
+    if chunks is None:
+        chunks = services.lake.stream(instance.path, offset, length, etag=instance.etag)
     try:
         first = await anext(chunks, b"")
     except (FileMissing, ResourceModifiedError) as error:
@@ -87,8 +134,10 @@ async def _changed_outside_the_api(services: Services, instance: InstanceRecord,
     )
 
 
-async def read(services: Services, instance: InstanceRecord, offset: int = 0, length: int | None = None) -> bytes:
-    return b"".join([chunk async for chunk in await open_file(services, instance, offset, length)])
+async def read(
+    services: Services, instance: InstanceRecord, offset: int = 0, length: int | None = None, *, ahead: ReadAhead | None = None
+) -> bytes:
+    return b"".join([chunk async for chunk in await open_file(services, instance, offset, length, ahead=ahead)])
 
 
 async def read_ranges(services: Services, instance: InstanceRecord, ranges: list[tuple[int, int]]) -> bytes:
