@@ -66,3 +66,27 @@ async def test_deletes_in_a_transaction_remove_their_entities(table):
     await table.submit([("create", {"PartitionKey": "p", "RowKey": str(n)}) for n in range(100)])
     assert await table.submit([("delete", {"PartitionKey": "p", "RowKey": str(n)}) for n in range(100)]) == [{}] * 100
     assert [entity async for entity in table.client.list_entities()] == []
+
+
+async def test_merge_keeps_other_properties_replace_drops_them_and_conditions_are_sent(table):
+    await table.submit([("create", {"PartitionKey": "p", "RowKey": "a", "Kept": 1, "Changed": 1})])
+    await table.submit([("upsert", {"PartitionKey": "p", "RowKey": "a", "Changed": 2})])  # merge, the SDK's default
+    entity = await table.client.get_entity("p", "a")
+    assert (entity["Kept"], entity["Changed"]) == (1, 2)
+    [replaced] = await table.submit([("update", {"PartitionKey": "p", "RowKey": "a", "Changed": 3}, {"mode": UpdateMode.REPLACE})])
+    entity = await table.client.get_entity("p", "a")
+    assert ("Kept" in entity, entity["Changed"], entity.metadata["etag"]) == (False, 3, replaced["etag"])
+
+    on_version = {"etag": replaced["etag"], "match_condition": MatchConditions.IfNotModified}
+    [merged] = await table.submit([("update", {"PartitionKey": "p", "RowKey": "a", "Changed": 4}, on_version)])
+    with pytest.raises(TableTransactionError) as stale:  # the ETag it had before the merge
+        await table.submit([("delete", {"PartitionKey": "p", "RowKey": "a"}, on_version)])
+    assert (stale.value.status_code, stale.value.error_code) == (412, "UpdateConditionNotSatisfied")
+    with pytest.raises(TableTransactionError) as missing:  # an update without an ETag still needs the entity (If-Match: *)
+        await table.submit([("update", {"PartitionKey": "p", "RowKey": "gone", "Changed": 1})])
+    assert missing.value.status_code == 404
+    with pytest.raises(ValueError, match="one PartitionKey"):
+        await table.submit([("create", {"PartitionKey": "p", "RowKey": "b"}), ("create", {"PartitionKey": "q", "RowKey": "c"})])
+    current = {"etag": merged["etag"], "match_condition": MatchConditions.IfNotModified}
+    assert await table.submit([("delete", {"PartitionKey": "p", "RowKey": "a"}, current)]) == [{}]
+    assert [entity async for entity in table.client.list_entities()] == []

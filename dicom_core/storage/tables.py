@@ -8,11 +8,12 @@ entity counts, never as times.
 ``Table.submit`` runs an entity-group transaction. The SDK's ``submit_transaction`` writes
 and reads the transaction's multipart body with the ``email`` package, about half a
 millisecond of CPU per operation: a third of a store's CPU (measured with py-spy, a STOW
-of 50 instances writes some 300 operations). So the SDK still builds every operation's
-request (entity serialization, keys, conditions) and the client's own pipeline sends the
-transaction (authentication, retries, the hooks above); only the multipart text, the
-format of the Table service's "Performing entity group transactions" reference, is
-written and read here.
+of 50 instances writes some 300 operations), and builds a full request object for every
+operation (0.08 ms more each). So the client's own pipeline sends the transaction
+(authentication, retries, the hooks above) and the SDK still encodes every entity's
+properties with their EDM types; the multipart text, the format of the Table service's
+"Performing entity group transactions" reference, and each operation's request line and
+headers, the same the SDK's operations send, are written and read here.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
+from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.rest import HttpRequest
-from azure.data.tables import TableTransactionError
-from azure.data.tables._table_batch import TableBatchOperations
+from azure.data.tables import TableTransactionError, UpdateMode
+from azure.data.tables._serialize import _add_entity_properties
 from azure.data.tables.aio import TableClient, TableServiceClient
 
 MAX_TRANSACTION_OPERATIONS = 100
@@ -119,14 +122,7 @@ class Table:
         """
         client = self.client
         endpoint = f"{client.scheme}://{client._primary_hostname}"
-        batch = TableBatchOperations(
-            config=client._client._config,
-            endpoint=endpoint,
-            table_name=client.table_name,
-            is_cosmos_endpoint=client._cosmos_endpoint,
-        )
-        for operation in operations:
-            batch.add_operation(operation)
+        requests = _operation_requests(f"{endpoint}/{client.table_name}", client.api_version, operations)
         boundary, changeset = f"batch_{uuid.uuid4()}", f"changeset_{uuid.uuid4()}"
         request = HttpRequest(
             "POST",
@@ -138,7 +134,7 @@ class Table:
                 "Content-Type": f"multipart/mixed; boundary={boundary}",
                 "Accept": "application/json",
             },
-            content=_transaction_body(batch.requests, boundary, changeset),
+            content=_transaction_body(requests, boundary, changeset),
         )
         response = await client._client.send_request(request, stream=True)
         body = await response.read()
@@ -153,14 +149,83 @@ class Table:
         return [{"etag": answer.headers["etag"]} if "etag" in answer.headers else {} for answer in answers]
 
 
-def _transaction_body(requests: list[HttpRequest], boundary: str, changeset: str) -> bytes:
+@dataclass(frozen=True)
+class _OperationRequest:
+    """One operation of a transaction as the request it stands for: request line, headers and JSON body."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: str
+
+
+_METHODS = {UpdateMode.REPLACE: "PUT", UpdateMode.MERGE: "PATCH"}
+
+
+def _operation_requests(table_url: str, version: str, operations: Sequence[tuple]) -> list[_OperationRequest]:
+    """The request of each operation, as the SDK's ``TableBatchOperations`` builds them (entities of one PartitionKey).
+
+    ``create`` is an Insert Entity, ``upsert`` an Insert Or Replace (or Merge) Entity, ``update`` an
+    Update (or Merge) Entity and ``delete`` a Delete Entity, each of the last two on ``If-Match`` its
+    ``etag`` with ``MatchConditions.IfNotModified`` and ``*`` otherwise. Inserts ask for no content back:
+    the answer needs only their ETags.
+    """
+    requests = []
+    partition_key = None
+    for operation in operations:
+        kind, entity, options = (*operation, {})[:3]  # the options are optional
+        if partition_key is None:
+            partition_key = entity["PartitionKey"]
+        elif entity["PartitionKey"] != partition_key:
+            raise ValueError("the operations of one transaction must have one PartitionKey")
+        headers = {"x-ms-version": version, "DataServiceVersion": "3.0", "Accept": "application/json"}
+        if kind == "create":
+            headers |= {"Content-Type": "application/json", "Prefer": "return-no-content"}
+            requests.append(_OperationRequest("POST", table_url, headers, _entity_json(entity)))
+            continue
+        url = f"{table_url}(PartitionKey='{_key(entity['PartitionKey'])}',RowKey='{_key(entity['RowKey'])}')"
+        if kind in ("update", "delete"):
+            condition = options.get("match_condition", MatchConditions.Unconditionally)
+            headers["If-Match"] = _if_match(options.get("etag"), condition)
+        if kind == "delete":
+            requests.append(_OperationRequest("DELETE", url, headers, ""))
+        elif kind in ("upsert", "update"):
+            headers["Content-Type"] = "application/json"
+            method = _METHODS[options.get("mode", UpdateMode.MERGE)]  # the SDK's default for both
+            requests.append(_OperationRequest(method, url, headers, _entity_json(entity)))
+        else:
+            raise ValueError(f"unknown transaction operation {kind!r}")
+    return requests
+
+
+def _entity_json(entity: dict) -> str:
+    # The SDK's own encoding of properties: EDM type annotations for binary, 64-bit, GUID and date values.
+    return json.dumps(_add_entity_properties(entity))
+
+
+def _key(value: str) -> str:
+    """A PartitionKey or RowKey in a URL: quotes doubled (OData), then percent-encoded as the SDK does."""
+    return quote(value.replace("'", "''"), safe="")
+
+
+def _if_match(etag: str | None, condition: MatchConditions) -> str:
+    if condition == MatchConditions.IfNotModified:
+        if not etag:
+            raise ValueError("an IfNotModified operation needs its etag")
+        return etag if etag.startswith(("W/", '"')) else f'"{etag}"'
+    if condition == MatchConditions.Unconditionally and not etag:
+        return "*"
+    raise ValueError(f"unsupported match condition {condition} (etag {etag!r})")
+
+
+def _transaction_body(requests: list[_OperationRequest], boundary: str, changeset: str) -> bytes:
     """The multipart/mixed body of a transaction: one changeset holding each request as application/http."""
     lines = [f"--{boundary}", f"Content-Type: multipart/mixed; boundary={changeset}", ""]
     for number, request in enumerate(requests):
         lines += [f"--{changeset}", "Content-Type: application/http", "Content-Transfer-Encoding: binary"]
         lines += [f"Content-ID: {number}", "", f"{request.method} {request.url} HTTP/1.1"]
         lines += [f"{name}: {value}" for name, value in request.headers.items()]
-        lines += ["", request.content or ""]
+        lines += ["", request.body]
     lines += [f"--{changeset}--", f"--{boundary}--", ""]
     return "\r\n".join(lines).encode()
 
