@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 from azure.core import MatchConditions
+from azure.core.exceptions import HttpResponseError
 from azure.data.tables import TableTransactionError, UpdateMode
 
+from dicom_core.settings import Connection
 from dicom_core.storage import connections
 from dicom_core.storage.tables import RequestStatistics, Table
 
@@ -73,7 +75,8 @@ async def test_merge_keeps_other_properties_replace_drops_them_and_conditions_ar
     await table.submit([("upsert", {"PartitionKey": "p", "RowKey": "a", "Changed": 2})])  # merge, the SDK's default
     entity = await table.client.get_entity("p", "a")
     assert (entity["Kept"], entity["Changed"]) == (1, 2)
-    [replaced] = await table.submit([("update", {"PartitionKey": "p", "RowKey": "a", "Changed": 3}, {"mode": UpdateMode.REPLACE})])
+    replace = {"mode": UpdateMode.REPLACE}
+    [replaced] = await table.submit([("update", {"PartitionKey": "p", "RowKey": "a", "Changed": 3}, replace)])
     entity = await table.client.get_entity("p", "a")
     assert ("Kept" in entity, entity["Changed"], entity.metadata["etag"]) == (False, 3, replaced["etag"])
 
@@ -90,3 +93,28 @@ async def test_merge_keeps_other_properties_replace_drops_them_and_conditions_ar
     current = {"etag": merged["etag"], "match_condition": MatchConditions.IfNotModified}
     assert await table.submit([("delete", {"PartitionKey": "p", "RowKey": "a"}, current)]) == [{}]
     assert [entity async for entity in table.client.list_entities()] == []
+
+
+async def test_a_point_read_decodes_the_entity_and_its_etag_and_none_when_missing(table, settings):
+    now = datetime.now(UTC)
+    [answer] = await table.submit(
+        [("create", {"PartitionKey": "p|1", "RowKey": "it's a|b", "Data": b"\x00\x01", "Ratio": 0.5, "Time": now, "Name": "Jé"})]
+    )
+    table.statistics.reset()
+    entity = await table.point_read("p|1", "it's a|b")
+    assert (entity["Data"], entity["Ratio"], entity["Name"], entity.metadata["etag"]) == (b"\x00\x01", 0.5, "Jé", answer["etag"])
+    assert abs((entity["Time"] - now).total_seconds()) < 0.001
+    assert dict(await table.point_read("p|1", "it's a|b", ["Name"])) == {"Name": "Jé"}
+    assert await table.point_read("p|1", "other") is None
+    assert (table.statistics.requests, table.statistics.entities_read) == (3, 2)
+    service = connections.table_service(settings.index, RequestStatistics())
+    try:
+        assert await Table(service, "nosuchtable").point_read("p", "a") is None  # a table not created yet
+        wrong_key = settings.index.connection_string.replace("AccountKey=", "AccountKey=AAAA")
+        refused = connections.table_service(Connection(connection_string=wrong_key), RequestStatistics())
+        with pytest.raises(HttpResponseError) as error:
+            await Table(refused, table.client.table_name).point_read("p|1", "it's a|b")
+        assert error.value.status_code == 403
+        await refused.close()
+    finally:
+        await service.close()

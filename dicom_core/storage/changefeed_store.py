@@ -35,7 +35,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableServiceClient
 
@@ -218,10 +217,7 @@ class ChangeFeedStore(Table):
         return [found.get(pointer_row_key(change.key)) for change in changes]
 
     async def _get(self, row_key: str) -> Any:
-        try:
-            return await self.client.get_entity(FEED_PARTITION, row_key)
-        except ResourceNotFoundError:
-            return None
+        return await self.point_read(FEED_PARTITION, row_key)
 
     async def snapshot(self) -> tuple[int, list[FeedEntry], list[Pointer]]:
         """The counter, every entry and every pointer: the whole feed, for the consistency checker only."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
 from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableServiceClient
 
@@ -99,9 +99,8 @@ class DeleteJournal(Table):
 
     async def marker(self, partition: str, study: str) -> DeleteMarker | None:
         """The deletes running in ``study``, or None when no delete ever ran there."""
-        try:
-            entity = await self.client.get_entity(study_partition_key(partition, study), _MARKER)
-        except ResourceNotFoundError:
+        entity = await self.point_read(study_partition_key(partition, study), _MARKER)
+        if entity is None:
             return None
         return DeleteMarker(entity.metadata["etag"], frozenset(json.loads(entity.get("Jobs") or "{}")))
 
@@ -119,10 +118,7 @@ class DeleteJournal(Table):
     async def _change_jobs(self, partition: str, study: str, change) -> None:
         pk = study_partition_key(partition, study)
         for _ in range(_RETRIES):
-            try:
-                current = await self.client.get_entity(pk, _MARKER)
-            except ResourceNotFoundError:
-                current = None
+            current = await self.point_read(pk, _MARKER)
             jobs = change(json.loads(current.get("Jobs") or "{}") if current is not None else {})
             entity = {"PartitionKey": pk, "RowKey": _MARKER, "Jobs": json.dumps(jobs, sort_keys=True)}
             try:

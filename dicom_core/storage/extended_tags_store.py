@@ -87,10 +87,8 @@ class ExtendedTagStore:
         return [_record(entity) async for entity in entities]
 
     async def get(self, path: str) -> ExtendedQueryTagRecord | None:
-        try:
-            return _record(await self._tags.client.get_entity(EXTENDED_TAGS_PARTITION, path))
-        except ResourceNotFoundError:
-            return None
+        entity = await self._tags.point_read(EXTENDED_TAGS_PARTITION, path)
+        return None if entity is None else _record(entity)
 
     async def create(self, records: list[ExtendedQueryTagRecord]) -> None:
         """Add tags all or none; TagExists when one is there.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableServiceClient
 
@@ -27,7 +26,5 @@ class HealthStore(Table):
         await self.client.upsert_entity(entity, mode=UpdateMode.REPLACE)
 
     async def load(self) -> dict[str, Any] | None:
-        try:
-            return dict(await self.client.get_entity(_PARTITION, _ROW))
-        except ResourceNotFoundError:
-            return None
+        entity = await self.point_read(_PARTITION, _ROW)
+        return None if entity is None else dict(entity)

@@ -274,8 +274,8 @@ class Index:
         self._cached = _InstanceCache(INSTANCE_CACHE_BYTES)
 
     @property
-    def _tables(self) -> dict[Level, TableClient]:
-        return {Level.STUDY: self._studies.client, Level.SERIES: self._series.client, Level.INSTANCE: self._instances.client}
+    def _tables(self) -> dict[Level, Table]:
+        return {Level.STUDY: self._studies, Level.SERIES: self._series, Level.INSTANCE: self._instances}
 
     async def close(self) -> None:
         await self._service.close()
@@ -288,7 +288,7 @@ class Index:
 
     async def get_instance(self, key: InstanceKey) -> InstanceRecord | None:
         """The instance ``key`` by a point read, or None."""
-        entity = await self._get(self._instances.client, *instance_keys(key))
+        entity = await self._instances.point_read(*instance_keys(key))
         if entity is None:
             self._cached.forget([key])
             return None
@@ -388,7 +388,7 @@ class Index:
     async def all_of(self, level: Level) -> AsyncIterator[LevelRecord]:
         """Every study or series record of every partition; for the consistency checker and reindex only."""
         decode = _DECODERS[level]
-        async for entity in self._tables[level].list_entities(results_per_page=_PAGE):
+        async for entity in self._tables[level].client.list_entities(results_per_page=_PAGE):
             yield decode(entity)
 
     async def instances_after(self, after: InstanceKey | None, limit: int) -> list[InstanceRecord]:
@@ -455,7 +455,7 @@ class Index:
         table = self._tables[level]
         pk, rk = _keys(level, partition, path)
         for _ in range(_CONCURRENCY_RETRIES):
-            current = await self._get(table, pk, rk, None if move_lookups else ["Attributes"])
+            current = await table.point_read(pk, rk, None if move_lookups else ["Attributes"])
             if current is None:
                 return False
             attributes = json.loads(current.get("Attributes") or "{}")
@@ -466,7 +466,7 @@ class Index:
                 await self.lookup.put(after)
             entity = {"PartitionKey": pk, "RowKey": rk, "Attributes": json.dumps(attributes | elements, separators=(",", ":"))}
             try:
-                await table.update_entity(
+                await table.client.update_entity(
                     entity, mode=UpdateMode.MERGE, etag=current.metadata["etag"], match_condition=MatchConditions.IfNotModified
                 )
             except ResourceNotFoundError:
@@ -486,7 +486,7 @@ class Index:
         """Remove the study, series or instance entity at UID ``path`` alone, counts and lookups untouched."""
         if level == Level.INSTANCE:
             self._cached.forget([InstanceKey(partition, *path)])
-        await self._tables[level].delete_entity(*_keys(level, partition, path))
+        await self._tables[level].client.delete_entity(*_keys(level, partition, path))
 
     async def flag_for_reconciliation(self, key: InstanceKey, reason: str) -> None:
         """Mark an instance whose file changed in the lake outside the API; logged, never raised.
@@ -512,24 +512,18 @@ class Index:
     # -- studies and series ------------------------------------------------------------------
 
     async def get_study(self, partition: str, study: str) -> StudyRecord | None:
-        entity = await self._get(self._studies.client, partition, study)
+        entity = await self._studies.point_read(partition, study)
         return None if entity is None else _study_record(entity)
 
     async def get_series(self, partition: str, study: str, series: str) -> SeriesRecord | None:
-        entity = await self._get(self._series.client, study_partition_key(partition, study), series)
+        entity = await self._series.point_read(study_partition_key(partition, study), series)
         return None if entity is None else _series_record(entity)
-
-    async def _get(self, table: TableClient, pk: str, rk: str, select: list[str] | None = None) -> TableEntity | None:
-        try:
-            return await table.get_entity(pk, rk, select=select)
-        except ResourceNotFoundError:
-            return None
 
     # -- searches (operations/search.py): point reads and key ranges --------------------------------
 
     async def read(self, level: Level, partition: str, path: tuple[str, ...], *, metadata: bool = False) -> LevelRecord | None:
         """The study, series or instance at UID ``path`` (study first) by a point read, or None."""
-        entity = await self._get(self._tables[level], *_keys(level, partition, path), self._columns(level, metadata))
+        entity = await self._tables[level].point_read(*_keys(level, partition, path), self._columns(level, metadata))
         return None if entity is None else _DECODERS[level](entity)
 
     def children(
@@ -571,7 +565,7 @@ class Index:
     ) -> AsyncIterator[LevelRecord]:
         pages = (
             self._tables[level]
-            .query_entities(
+            .client.query_entities(
                 query,
                 parameters=parameters,
                 select=self._columns(level, metadata),
@@ -600,7 +594,7 @@ class Index:
         """
         pk = study_partition_key(update.partition, update.study)
         series_entity, study_entity = await asyncio.gather(
-            self._get(self._series.client, pk, update.series), self._get(self._studies.client, update.partition, update.study)
+            self._series.point_read(pk, update.series), self._studies.point_read(update.partition, update.study)
         )
         entries = []
         if not _has_lookup_entries(study_entity, update.study_attributes, update.modality):
@@ -648,7 +642,7 @@ class Index:
             before = int(current.get("NumberOfSeriesRelatedInstances", -1)) if current is not None else 0
             return entity, before != count
 
-        return await self._recount(self._series.client, pk, series, f"series {series}", recounted, read)
+        return await self._recount(self._series, pk, series, f"series {series}", recounted, read)
 
     async def _refresh_study(self, partition: str, study: str, update: LevelUpdate | None, read: Any = _NOT_READ) -> bool:
         async def recounted(current: TableEntity | None) -> tuple[dict | None, bool]:
@@ -675,11 +669,11 @@ class Index:
             )
             return entity, not unchanged
 
-        return await self._recount(self._studies.client, partition, study, f"study {study}", recounted, read)
+        return await self._recount(self._studies, partition, study, f"study {study}", recounted, read)
 
     async def _recount(
         self,
-        table: TableClient,
+        table: Table,
         pk: str,
         rk: str,
         what: str,
@@ -693,13 +687,13 @@ class Index:
         again. True when a count changed.
         """
         for attempt in range(_CONCURRENCY_RETRIES):
-            current = read if attempt == 0 and read is not _NOT_READ else await self._get(table, pk, rk)
+            current = read if attempt == 0 and read is not _NOT_READ else await table.point_read(pk, rk)
             try:
                 entity, changed = await recounted(current)
                 if entity is None:
-                    await self._remove(table, current)
+                    await self._remove(table.client, current)
                 else:
-                    await self._write(table, entity, current)
+                    await self._write(table.client, entity, current)
                 return changed
             except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
                 continue  # another writer got there first: read and count again

@@ -87,10 +87,8 @@ class OperationStore(Table):
         await self.client.upsert_entity({"PartitionKey": PENDING_OPERATIONS_PARTITION, "RowKey": record.id})
 
     async def get(self, operation_id: str) -> OperationRecord | None:
-        try:
-            return _record(await self.client.get_entity(OPERATIONS_PARTITION, operation_id))
-        except ResourceNotFoundError:
-            return None
+        entity = await self.point_read(OPERATIONS_PARTITION, operation_id)
+        return None if entity is None else _record(entity)
 
     async def pending(self) -> list[str]:
         """The ids of the operations not finished (in id order, which is random)."""

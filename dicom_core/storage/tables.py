@@ -31,7 +31,9 @@ from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.rest import HttpRequest
-from azure.data.tables import TableTransactionError, UpdateMode
+from azure.data.tables import TableEntity, TableTransactionError, UpdateMode
+from azure.data.tables._deserialize import _convert_to_entity
+from azure.data.tables._error import _decode_error
 from azure.data.tables._serialize import _add_entity_properties
 from azure.data.tables.aio import TableClient, TableServiceClient
 
@@ -42,6 +44,7 @@ MAX_TRANSACTION_OPERATIONS = 100
 # full metadata alike). A string value holding these bytes would have its quotes escaped,
 # so counting them counts entities exactly without parsing the body a second time.
 _ENTITY_MARKER = b'"odata.etag":'
+_MINIMAL_METADATA = "application/json;odata=minimalmetadata"  # property types as annotations, and the ETag
 
 
 @dataclass
@@ -113,6 +116,25 @@ class Table:
         with contextlib.suppress(ResourceExistsError):
             await self.client.create_table()
 
+    async def point_read(self, partition_key: str, row_key: str, select: list[str] | None = None) -> TableEntity | None:
+        """The entity at these keys (only the ``select`` columns), by one point read; None when there is none.
+
+        The request of the SDK's ``get_entity``, sent through the client's pipeline and decoded by
+        the SDK's own entity decoder and error mapping, without its generated deserializer, which
+        cost a third of the call's CPU. A missing table, like a missing entity, is None.
+        """
+        client = self.client
+        url = f"{client.scheme}://{client._primary_hostname}/{client.table_name}{_entity_path(partition_key, row_key)}"
+        if select:
+            url += "?$select=" + quote(",".join(select), safe=",")
+        headers = {"x-ms-version": client.api_version, "DataServiceVersion": "3.0", "Accept": _MINIMAL_METADATA}
+        response = await client._client.send_request(HttpRequest("GET", url, headers=headers))
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise _decode_error(response)
+        return _convert_to_entity(json.loads(response.content))
+
     async def submit(self, operations: Sequence[tuple]) -> list[dict[str, str]]:
         """Run ``operations`` (the SDK's ``submit_transaction`` tuples) as one transaction: all of them or none.
 
@@ -183,7 +205,7 @@ def _operation_requests(table_url: str, version: str, operations: Sequence[tuple
             headers |= {"Content-Type": "application/json", "Prefer": "return-no-content"}
             requests.append(_OperationRequest("POST", table_url, headers, _entity_json(entity)))
             continue
-        url = f"{table_url}(PartitionKey='{_key(entity['PartitionKey'])}',RowKey='{_key(entity['RowKey'])}')"
+        url = table_url + _entity_path(entity["PartitionKey"], entity["RowKey"])
         if kind in ("update", "delete"):
             condition = options.get("match_condition", MatchConditions.Unconditionally)
             headers["If-Match"] = _if_match(options.get("etag"), condition)
@@ -203,8 +225,12 @@ def _entity_json(entity: dict) -> str:
     return json.dumps(_add_entity_properties(entity))
 
 
+def _entity_path(partition_key: str, row_key: str) -> str:
+    """The URL path of one entity after its table's: each key with quotes doubled (OData), then percent-encoded."""
+    return f"(PartitionKey='{_key(partition_key)}',RowKey='{_key(row_key)}')"
+
+
 def _key(value: str) -> str:
-    """A PartitionKey or RowKey in a URL: quotes doubled (OData), then percent-encoded as the SDK does."""
     return quote(value.replace("'", "''"), safe="")
 
 

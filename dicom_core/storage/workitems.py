@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableServiceClient
 
@@ -116,11 +116,8 @@ class WorkitemStore(Table):
 
     async def get(self, partition: str, uid: str) -> WorkitemRecord | None:
         """One workitem by its UID (a point read), or None."""
-        try:
-            entity = await self.client.get_entity(partition, uid)
-        except ResourceNotFoundError:
-            return None
-        return _record(entity)
+        entity = await self.point_read(partition, uid)
+        return None if entity is None else _record(entity)
 
     async def create(self, record: WorkitemRecord) -> bool:
         """Store a new workitem; False when one with its UID exists (nothing is written then)."""
