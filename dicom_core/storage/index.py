@@ -563,19 +563,10 @@ class Index:
     async def _pages(
         self, level: Level, query: str, parameters: dict, metadata: bool, page_size: int
     ) -> AsyncIterator[LevelRecord]:
-        pages = (
-            self._tables[level]
-            .client.query_entities(
-                query,
-                parameters=parameters,
-                select=self._columns(level, metadata),
-                results_per_page=min(max(page_size, 1), _PAGE),
-            )
-            .by_page()
-        )
+        pages = self._tables[level].pages(query, parameters, self._columns(level, metadata), min(max(page_size, 1), _PAGE))
         decode = _DECODERS[level]
         async for page in pages:
-            async for entity in page:
+            for entity in page:
                 record = decode(entity)
                 if isinstance(record, InstanceRecord):
                     self._cached.put(record)  # a viewer asks for the frames of the series it read the metadata of

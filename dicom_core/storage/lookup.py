@@ -159,9 +159,6 @@ class Lookup(Table):
         if low is not None:
             query += " and RowKey ge @low and RowKey lt @high"
             parameters |= {"low": low, "high": high}
-        pages = self.client.query_entities(
-            query, parameters=parameters, select=["RowKey"], results_per_page=min(max(page_size, 1), 1000)
-        ).by_page()
-        async for page in pages:
-            async for entity in page:
+        async for page in self.pages(query, parameters, ["RowKey"], min(max(page_size, 1), 1000)):
+            for entity in page:
                 yield entity["RowKey"]
