@@ -210,8 +210,8 @@ class ChangeFeedStore(Table):
                 return
             query = "PartitionKey eq @pk and RowKey ge @low and RowKey le @high"
             parameters = {"pk": FEED_PARTITION, "low": min(row_keys), "high": max(row_keys)}
-            async for entity in self.client.query_entities(query, parameters=parameters, results_per_page=1000):
-                found[entity["RowKey"]] = entity
+            async for page in self.pages(query, parameters):
+                found.update((entity["RowKey"], entity) for entity in page)
 
         await asyncio.gather(*(read(row_keys) for row_keys in wanted.values()))
         return [found.get(pointer_row_key(change.key)) for change in changes]
@@ -248,7 +248,7 @@ class ChangeFeedStore(Table):
         """Entries ``first`` to ``last`` (inclusive), by sequence: one key-range query."""
         query = "PartitionKey eq @pk and RowKey ge @low and RowKey le @high"
         parameters = {"pk": FEED_PARTITION, "low": entry_row_key(first), "high": entry_row_key(last)}
-        return [_entry(entity) async for entity in self.client.query_entities(query, parameters=parameters)]
+        return [_entry(entity) async for page in self.pages(query, parameters) for entity in page]
 
     async def read(self, start: datetime | None, end: datetime | None, offset: int, limit: int) -> list[FeedEntry]:
         """Entries with ``start <= Timestamp < end``, skipping ``offset``, at most ``limit``, by sequence."""

@@ -616,7 +616,7 @@ class Index:
         pk = study_partition_key(partition, study)
 
         async def recounted(current: TableEntity | None) -> tuple[dict | None, bool]:
-            count = await self._count(self._instances.client, pk, *children_range(series))
+            count = await self._count(self._instances, pk, *children_range(series))
             if count == 0:
                 return None, current is not None
             entity = dict(current) if current is not None else {"PartitionKey": pk, "RowKey": series}
@@ -707,12 +707,10 @@ class Index:
             unchanged = {"etag": current.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
             await table.delete_entity(current["PartitionKey"], current["RowKey"], **unchanged)
 
-    async def _count(self, table: TableClient, pk: str, low: str, high: str) -> int:
+    async def _count(self, table: Table, pk: str, low: str, high: str) -> int:
         query, parameters = range_filter("RowKey", low, high)
-        entities = table.query_entities(
-            f"PartitionKey eq @pk and {query}", parameters={"pk": pk} | parameters, select=["RowKey"], results_per_page=_PAGE
-        )
-        return sum([1 async for _ in entities])
+        pages = table.pages(f"PartitionKey eq @pk and {query}", {"pk": pk} | parameters, ["RowKey"], _PAGE)
+        return sum([len(page) async for page in pages])
 
     async def _seen_in_series(self, partition: str, study: str, series: str, tags: tuple[int, ...]) -> tuple[str, dict]:
         """(Modality, level attributes) of a series from one of its instances, when no store said them (repairs)."""
