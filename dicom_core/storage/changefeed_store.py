@@ -222,16 +222,17 @@ class ChangeFeedStore(Table):
     async def snapshot(self) -> tuple[int, list[FeedEntry], list[Pointer]]:
         """The counter, every entry and every pointer: the whole feed, for the consistency checker only."""
         last, entries, pointers = 0, [], []
-        async for entity in self.client.query_entities("PartitionKey eq @pk", parameters={"pk": FEED_PARTITION}):
-            row_key = entity["RowKey"]
-            if row_key == COUNTER:
-                last = int(entity["Last"])
-            elif row_key.startswith("e"):
-                entries.append(_entry(entity))
-            else:
-                partition, study, series, sop = row_key[1:].split("|")
-                key = InstanceKey(partition, study, series, sop)
-                pointers.append(Pointer(key, int(entity["Latest"]), entity["FileETag"], bool(entity["Deleted"])))
+        async for page in self.pages("PartitionKey eq @pk", {"pk": FEED_PARTITION}):
+            for entity in page:
+                row_key = entity["RowKey"]
+                if row_key == COUNTER:
+                    last = int(entity["Last"])
+                elif row_key.startswith("e"):
+                    entries.append(_entry(entity))
+                else:
+                    partition, study, series, sop = row_key[1:].split("|")
+                    key = InstanceKey(partition, study, series, sop)
+                    pointers.append(Pointer(key, int(entity["Latest"]), entity["FileETag"], bool(entity["Deleted"])))
         return last, entries, pointers
 
     async def latest(self) -> FeedEntry | None:

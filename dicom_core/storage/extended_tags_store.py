@@ -83,8 +83,8 @@ class ExtendedTagStore:
 
     async def all(self) -> list[ExtendedQueryTagRecord]:
         """Every tag, in tag order: one query."""
-        entities = self._tags.client.query_entities("PartitionKey eq @pk", parameters={"pk": EXTENDED_TAGS_PARTITION})
-        return [_record(entity) async for entity in entities]
+        pages = self._tags.pages("PartitionKey eq @pk", {"pk": EXTENDED_TAGS_PARTITION})
+        return [_record(entity) async for page in pages for entity in page]
 
     async def get(self, path: str) -> ExtendedQueryTagRecord | None:
         entity = await self._tags.point_read(EXTENDED_TAGS_PARTITION, path)
@@ -153,27 +153,25 @@ class ExtendedTagStore:
         """One page of a tag's errors, in instance order (pages of Table Storage up to the offset are read)."""
         found: list[TagErrorRecord] = []
         position = 0
-        entities = self._errors.client.query_entities(
-            "PartitionKey eq @pk", parameters={"pk": path}, results_per_page=min(offset + limit, 1000)
-        )
-        async for entity in entities:
-            if position >= offset:
-                found.append(
-                    TagErrorRecord(path, parse_instance_path_key(entity["RowKey"]), entity["Message"], entity["Created"])
-                )
-                if len(found) >= limit:
-                    break
-            position += 1
+        async for page in self._errors.pages("PartitionKey eq @pk", {"pk": path}, page_size=min(offset + limit, 1000)):
+            for entity in page:
+                if position >= offset:
+                    found.append(
+                        TagErrorRecord(path, parse_instance_path_key(entity["RowKey"]), entity["Message"], entity["Created"])
+                    )
+                    if len(found) >= limit:
+                        return found
+                position += 1
         return found
 
     async def count_errors(self, path: str) -> int:
         """How many instances have an error of the tag: the keys of its partition, nothing else."""
-        entities = self._errors.client.query_entities("PartitionKey eq @pk", parameters={"pk": path}, select=["RowKey"])
-        return sum([1 async for _ in entities])
+        return sum([len(page) async for page in self._errors.pages("PartitionKey eq @pk", {"pk": path}, ["RowKey"])])
 
     async def error_keys(self, path: str) -> AsyncIterator[str]:
-        async for entity in self._errors.client.query_entities("PartitionKey eq @pk", parameters={"pk": path}, select=["RowKey"]):
-            yield entity["RowKey"]
+        async for page in self._errors.pages("PartitionKey eq @pk", {"pk": path}, ["RowKey"]):
+            for entity in page:
+                yield entity["RowKey"]
 
     async def remove_errors(self, path: str, row_keys: list[str]) -> None:
         for start in range(0, len(row_keys), MAX_TRANSACTION_OPERATIONS):

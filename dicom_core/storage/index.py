@@ -375,15 +375,12 @@ class Index:
 
     async def all_instances(self, partition: str | None = None) -> AsyncIterator[InstanceRecord]:
         """Every instance (of one partition), keys, path and ETag only; for reindex, never for a request."""
-        if partition is None:
-            entities = self._instances.client.list_entities(select=_INSTANCE_SWEEP, results_per_page=_PAGE)
-        else:
+        query, parameters = ("PartitionKey ge @pk", {"pk": ""})  # every partition
+        if partition is not None:
             query, parameters = range_filter("PartitionKey", *children_range(partition))
-            entities = self._instances.client.query_entities(
-                query, parameters=parameters, select=_INSTANCE_SWEEP, results_per_page=_PAGE
-            )
-        async for entity in entities:
-            yield _instance_record(entity)
+        async for page in self._instances.pages(query, parameters, _INSTANCE_SWEEP, _PAGE):
+            for entity in page:
+                yield _instance_record(entity)
 
     async def all_of(self, level: Level) -> AsyncIterator[LevelRecord]:
         """Every study or series record of every partition; for the consistency checker and reindex only."""
@@ -405,11 +402,8 @@ class Index:
             ranges = [("PartitionKey eq @pk and RowKey gt @rk", {"pk": pk, "rk": rk}), ("PartitionKey gt @pk", {"pk": pk})]
         found: list[InstanceRecord] = []
         for query, parameters in ranges:
-            pages = self._instances.client.query_entities(
-                query, parameters=parameters, results_per_page=min(max(limit - len(found), 1), _PAGE)
-            ).by_page()
-            async for page in pages:
-                found += [_instance_record(entity) async for entity in page]
+            async for page in self._instances.pages(query, parameters, page_size=min(max(limit - len(found), 1), _PAGE)):
+                found += [_instance_record(entity) for entity in page]
                 if len(found) >= limit:
                     return found[:limit]
         return found
@@ -427,13 +421,10 @@ class Index:
         found: list[tuple[str, datetime]] = []
         after = ""
         while True:
-            pages = self._studies.client.query_entities(
-                "PartitionKey gt @after", parameters={"after": after}, select=["PartitionKey"], results_per_page=1
-            ).by_page()
             first = None
-            async for page in pages:
-                first = await anext(aiter(page), None)
-                if first is not None:  # a page may be empty yet not the last
+            async for page in self._studies.pages("PartitionKey gt @after", {"after": after}, ["PartitionKey"], page_size=1):
+                if page:  # a page may be empty yet not the last
+                    first = page[0]
                     break
             if first is None:
                 return found

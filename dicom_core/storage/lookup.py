@@ -139,10 +139,9 @@ class Lookup(Table):
         """Remove every entry of one PartitionKey (an attribute no longer indexed), a page at a time; how many."""
         removed = 0
         while True:
-            pages = self.client.query_entities("PartitionKey eq @pk", parameters={"pk": pk}, select=["RowKey"]).by_page()
             row_keys: list[str] = []
-            async for page in pages:
-                row_keys = [entity["RowKey"] async for entity in page]
+            async for page in self.pages("PartitionKey eq @pk", {"pk": pk}, ["RowKey"]):
+                row_keys = [entity["RowKey"] for entity in page]
                 if row_keys:  # a page may be empty yet not the last
                     break
             if not row_keys:

@@ -92,10 +92,8 @@ class OperationStore(Table):
 
     async def pending(self) -> list[str]:
         """The ids of the operations not finished (in id order, which is random)."""
-        entities = self.client.query_entities(
-            "PartitionKey eq @pk", parameters={"pk": PENDING_OPERATIONS_PARTITION}, select=["RowKey"]
-        )
-        return [entity["RowKey"] async for entity in entities]
+        pages = self.pages("PartitionKey eq @pk", {"pk": PENDING_OPERATIONS_PARTITION}, ["RowKey"])
+        return [entity["RowKey"] async for page in pages for entity in page]
 
     async def save(self, record: OperationRecord) -> OperationRecord:
         """Write ``record`` over the version it was read at; LeaseLost when another write came first."""
