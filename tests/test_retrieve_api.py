@@ -224,6 +224,15 @@ async def test_a_first_retrieve_asks_for_the_file_while_the_index_read_is_in_fli
         assert split_multipart(response)[0][1] == preamble_zeroed(data)
 
 
+async def test_an_instance_not_stored_costs_the_read_ahead_and_the_reads_that_name_the_missing_level(client, settings):
+    study, series, _ = await _series(client, 1)
+    url = f"/v2/studies/{study}/series/{series}/instances/{generate_uid()}"
+    async with _another_host(settings) as (host, other):
+        response, index_requests, lake_requests = await _costs(host, other, url, AS_STORED)
+        assert response.status_code == 404 and "is not stored in series" in response.json()["message"]
+        assert (index_requests, lake_requests) == (3, 1)  # the instance, its study and its series; the file: 404
+
+
 async def test_a_read_ahead_serves_only_the_recorded_version_at_the_recorded_path(client, services):
     _, _, [first, second] = await _series(client, 2)
     record = await services.index.get_instance(_key(first))
