@@ -118,6 +118,9 @@ class Table:
 
     def __init__(self, service: TableServiceClient, name: str) -> None:
         self.client: TableClient = service.get_table_client(name)
+        client = self.client
+        self._table_url = f"{client.scheme}://{client._primary_hostname}/{client.table_name}"
+        self._read_headers = {"x-ms-version": client.api_version, "DataServiceVersion": "3.0", "Accept": _MINIMAL_METADATA}
 
     async def prepare(self) -> None:
         with contextlib.suppress(ResourceExistsError):
@@ -130,12 +133,10 @@ class Table:
         the SDK's own entity decoder and error mapping, without its generated deserializer, which
         cost a third of the call's CPU. A missing table, like a missing entity, is None.
         """
-        client = self.client
-        url = f"{client.scheme}://{client._primary_hostname}/{client.table_name}{_entity_path(partition_key, row_key)}"
+        url = self._table_url + _entity_path(partition_key, row_key)
         if select:
             url += "?$select=" + quote(",".join(select), safe=",")
-        headers = {"x-ms-version": client.api_version, "DataServiceVersion": "3.0", "Accept": _MINIMAL_METADATA}
-        response = await client._client.send_request(HttpRequest("GET", url, headers=headers))
+        response = await self.client._client.send_request(HttpRequest("GET", url, headers=self._read_headers))
         if response.status_code == 404:
             return None
         if response.status_code != 200:
@@ -151,15 +152,14 @@ class Table:
         them, and the pages follow the service's continuation headers; like ``point_read``, the
         answers skip the SDK's generated deserializer. A page may be empty yet not the last.
         """
-        client = self.client
-        url = f"{client.scheme}://{client._primary_hostname}/{client.table_name}()"
+        url = f"{self._table_url}()"
         arguments = {"$top": str(page_size), "$filter": _parameter_filter_substitution(parameters, query)}
         if select:
             arguments["$select"] = ",".join(select)
-        headers = {"x-ms-version": client.api_version, "DataServiceVersion": "3.0", "Accept": _MINIMAL_METADATA}
         while True:
             query_string = "&".join(f"{name}={quote(value, safe='')}" for name, value in arguments.items())
-            response = await client._client.send_request(HttpRequest("GET", f"{url}?{query_string}", headers=headers))
+            request = HttpRequest("GET", f"{url}?{query_string}", headers=self._read_headers)
+            response = await self.client._client.send_request(request)
             if response.status_code != 200:
                 raise _decode_error(response)
             yield [_convert_to_entity(entity) for entity in json.loads(response.content).get("value", [])]
@@ -180,7 +180,7 @@ class Table:
         """
         client = self.client
         endpoint = f"{client.scheme}://{client._primary_hostname}"
-        requests = _operation_requests(f"{endpoint}/{client.table_name}", client.api_version, operations)
+        requests = _operation_requests(self._table_url, client.api_version, operations)
         boundary, changeset = f"batch_{uuid.uuid4()}", f"changeset_{uuid.uuid4()}"
         request = HttpRequest(
             "POST",
