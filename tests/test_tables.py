@@ -127,11 +127,14 @@ async def test_pages_follow_continuations_and_fill_parameters_as_the_sdk(table, 
     table.statistics.reset()
     query, parameters = "PartitionKey eq @pk and RowKey ge @low", {"pk": "p", "low": "1's"}
     pages = [page async for page in table.pages(query, parameters, ["RowKey", "N"], page_size=2)]
-    assert [[dict(entity) for entity in page] for page in pages] == [
-        [{"RowKey": "1's", "N": 1}, {"RowKey": "2's", "N": 2}],
-        [{"RowKey": "3's", "N": 3}, {"RowKey": "4's", "N": 4}],
-        [],  # the service may end with an empty page
-    ][: len(pages)]
+    assert (
+        [[dict(entity) for entity in page] for page in pages]
+        == [
+            [{"RowKey": "1's", "N": 1}, {"RowKey": "2's", "N": 2}],
+            [{"RowKey": "3's", "N": 3}, {"RowKey": "4's", "N": 4}],
+            [],  # the service may end with an empty page
+        ][: len(pages)]
+    )
     assert sum(len(page) for page in pages) == 4 and table.statistics.requests == len(pages)
     expected = [entity.metadata["etag"] async for entity in table.client.query_entities(query, parameters=parameters)]
     assert [entity.metadata["etag"] for page in pages for entity in page] == expected
