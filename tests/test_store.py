@@ -144,6 +144,27 @@ async def test_put_replaces_an_existing_instance_without_counting_it_twice(clien
     assert entity.size == len(changed)
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+async def test_an_instance_sent_twice_in_one_request_is_stored_from_one_part_and_the_other_refused(client, services, method):
+    first = new_instance(StudyDescription="first")
+    study, series, sop, _ = uids(first)
+    copies = [first] + [new_instance(study=study, series=series, sop=sop, StudyDescription=f"copy {n}") for n in range(5)]
+    response = await post(client, copies, method=method)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    [stored] = body["00081199"]["Value"]
+    assert stored["00081155"]["Value"] == [sop]
+    refusals = body["00081198"]["Value"]
+    assert [item["00081197"]["Value"] for item in refusals] == [[45070]] * 5
+    assert all("more than once in this request" in item["00000902"]["Value"][0] for item in refusals)
+    # The file, its entity and the counts agree: one instance, the entity's ETag is the file's.
+    key = InstanceKey("Microsoft.Default", study, series, sop)
+    record = await services.index.get_instance(key)
+    assert (await services.lake.properties(record.path)).etag == record.etag
+    assert await lake_bytes(services, "Microsoft.Default", first) in {preamble_zeroed(copy) for copy in copies}
+    assert (await services.index.get_study("Microsoft.Default", study)).instance_count == 1
+
+
 async def test_put_stores_new_instances_too(client, services):
     data = new_instance()
     response = await post(client, [data], method="PUT")

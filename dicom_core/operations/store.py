@@ -158,10 +158,11 @@ async def store_instances(services: Services, request: StoreRequest, parts: Asyn
     deletes = _DeleteWatch(services)
     tasks: list[asyncio.Task] = []
     received: list[ReceivedPart] = []
+    claimed: set[InstanceKey] = set()  # instances a part of this request is storing
 
     async def run(part: ReceivedPart) -> InstanceOutcome:
         try:
-            outcome, pending = await _store_file(services, request, part, deletes, tags)
+            outcome, pending = await _store_file(services, request, part, deletes, tags, claimed)
         finally:
             part.file.close()
             slots.release()
@@ -424,9 +425,18 @@ async def _announce(services: Services, indexed: list[_PendingEntity], *, settle
 
 
 async def _store_file(
-    services: Services, request: StoreRequest, part: ReceivedPart, deletes: _DeleteWatch, tags: list[TagDeclaration]
+    services: Services,
+    request: StoreRequest,
+    part: ReceivedPart,
+    deletes: _DeleteWatch,
+    tags: list[TagDeclaration],
+    claimed: set[InstanceKey],
 ) -> tuple[InstanceOutcome, _PendingEntity | None]:
-    """Validate one part and write its file; the index entity is written by the caller, in batches."""
+    """Validate one part and write its file; the index entity is written by the caller, in batches.
+
+    The parts of a request are stored concurrently, so two parts of one instance would race for its
+    file and its entity: the first one described claims the instance, and the others are refused.
+    """
     if part.refusal is not None:
         reason, message = part.refusal
         return InstanceOutcome(failure_reason=reason, message=message), None
@@ -451,6 +461,13 @@ async def _store_file(
         return outcome, None
 
     key = InstanceKey(request.partition, parsed.study_uid, parsed.series_uid, parsed.sop_uid)
+    if key in claimed:
+        outcome.failure_reason = INSTANCE_EXISTS
+        outcome.message = (
+            "this instance is more than once in this request; another of its parts is the one stored (or reported failed)"
+        )
+        return outcome, None
+    claimed.add(key)
     path = services.layout.instance_path(key)
     try:
         await deletes.before_writing(key.partition, key.study)
