@@ -210,8 +210,8 @@ class ChangeFeedStore(Table):
                 return
             query = "PartitionKey eq @pk and RowKey ge @low and RowKey le @high"
             parameters = {"pk": FEED_PARTITION, "low": min(row_keys), "high": max(row_keys)}
-            async for page in self.pages(query, parameters):
-                found.update((entity["RowKey"], entity) for entity in page)
+            async for entity in self.entities(query, parameters):
+                found[entity["RowKey"]] = entity
 
         await asyncio.gather(*(read(row_keys) for row_keys in wanted.values()))
         return [found.get(pointer_row_key(change.key)) for change in changes]
@@ -222,17 +222,16 @@ class ChangeFeedStore(Table):
     async def snapshot(self) -> tuple[int, list[FeedEntry], list[Pointer]]:
         """The counter, every entry and every pointer: the whole feed, for the consistency checker only."""
         last, entries, pointers = 0, [], []
-        async for page in self.pages("PartitionKey eq @pk", {"pk": FEED_PARTITION}):
-            for entity in page:
-                row_key = entity["RowKey"]
-                if row_key == COUNTER:
-                    last = int(entity["Last"])
-                elif row_key.startswith("e"):
-                    entries.append(_entry(entity))
-                else:
-                    partition, study, series, sop = row_key[1:].split("|")
-                    key = InstanceKey(partition, study, series, sop)
-                    pointers.append(Pointer(key, int(entity["Latest"]), entity["FileETag"], bool(entity["Deleted"])))
+        async for entity in self.entities("PartitionKey eq @pk", {"pk": FEED_PARTITION}):
+            row_key = entity["RowKey"]
+            if row_key == COUNTER:
+                last = int(entity["Last"])
+            elif row_key.startswith("e"):
+                entries.append(_entry(entity))
+            else:
+                partition, study, series, sop = row_key[1:].split("|")
+                key = InstanceKey(partition, study, series, sop)
+                pointers.append(Pointer(key, int(entity["Latest"]), entity["FileETag"], bool(entity["Deleted"])))
         return last, entries, pointers
 
     async def latest(self) -> FeedEntry | None:
@@ -249,7 +248,7 @@ class ChangeFeedStore(Table):
         """Entries ``first`` to ``last`` (inclusive), by sequence: one key-range query."""
         query = "PartitionKey eq @pk and RowKey ge @low and RowKey le @high"
         parameters = {"pk": FEED_PARTITION, "low": entry_row_key(first), "high": entry_row_key(last)}
-        return [_entry(entity) async for page in self.pages(query, parameters) for entity in page]
+        return [_entry(entity) async for entity in self.entities(query, parameters)]
 
     async def read(self, start: datetime | None, end: datetime | None, offset: int, limit: int) -> list[FeedEntry]:
         """Entries with ``start <= Timestamp < end``, skipping ``offset``, at most ``limit``, by sequence."""

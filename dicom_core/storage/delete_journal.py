@@ -88,9 +88,8 @@ class DeleteJournal(Table):
     async def rows_of_study(self, partition: str, study: str) -> AsyncIterator[JournalRow]:
         query = "PartitionKey eq @pk and RowKey lt @marker"
         parameters = {"pk": study_partition_key(partition, study), "marker": _MARKER}
-        async for page in self.pages(query, parameters):
-            for entity in page:
-                yield _row(entity)
+        async for entity in self.entities(query, parameters):
+            yield _row(entity)
 
     async def all_rows(self) -> AsyncIterator[JournalRow]:
         """Every row (reindex: the journal is small, it holds only deletes in progress)."""

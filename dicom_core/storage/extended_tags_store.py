@@ -83,8 +83,7 @@ class ExtendedTagStore:
 
     async def all(self) -> list[ExtendedQueryTagRecord]:
         """Every tag, in tag order: one query."""
-        pages = self._tags.pages("PartitionKey eq @pk", {"pk": EXTENDED_TAGS_PARTITION})
-        return [_record(entity) async for page in pages for entity in page]
+        return [_record(entity) async for entity in self._tags.entities("PartitionKey eq @pk", {"pk": EXTENDED_TAGS_PARTITION})]
 
     async def get(self, path: str) -> ExtendedQueryTagRecord | None:
         entity = await self._tags.point_read(EXTENDED_TAGS_PARTITION, path)
@@ -153,15 +152,14 @@ class ExtendedTagStore:
         """One page of a tag's errors, in instance order (pages of Table Storage up to the offset are read)."""
         found: list[TagErrorRecord] = []
         position = 0
-        async for page in self._errors.pages("PartitionKey eq @pk", {"pk": path}, page_size=min(offset + limit, 1000)):
-            for entity in page:
-                if position >= offset:
-                    found.append(
-                        TagErrorRecord(path, parse_instance_path_key(entity["RowKey"]), entity["Message"], entity["Created"])
-                    )
-                    if len(found) >= limit:
-                        return found
-                position += 1
+        async for entity in self._errors.entities("PartitionKey eq @pk", {"pk": path}, page_size=min(offset + limit, 1000)):
+            if position >= offset:
+                found.append(
+                    TagErrorRecord(path, parse_instance_path_key(entity["RowKey"]), entity["Message"], entity["Created"])
+                )
+                if len(found) >= limit:
+                    break
+            position += 1
         return found
 
     async def count_errors(self, path: str) -> int:
@@ -169,9 +167,8 @@ class ExtendedTagStore:
         return sum([len(page) async for page in self._errors.pages("PartitionKey eq @pk", {"pk": path}, ["RowKey"])])
 
     async def error_keys(self, path: str) -> AsyncIterator[str]:
-        async for page in self._errors.pages("PartitionKey eq @pk", {"pk": path}, ["RowKey"]):
-            for entity in page:
-                yield entity["RowKey"]
+        async for entity in self._errors.entities("PartitionKey eq @pk", {"pk": path}, ["RowKey"]):
+            yield entity["RowKey"]
 
     async def remove_errors(self, path: str, row_keys: list[str]) -> None:
         for start in range(0, len(row_keys), MAX_TRANSACTION_OPERATIONS):

@@ -378,9 +378,8 @@ class Index:
         query, parameters = ("PartitionKey ge @pk", {"pk": ""})  # every partition
         if partition is not None:
             query, parameters = range_filter("PartitionKey", *children_range(partition))
-        async for page in self._instances.pages(query, parameters, _INSTANCE_SWEEP, _PAGE):
-            for entity in page:
-                yield _instance_record(entity)
+        async for entity in self._instances.entities(query, parameters, _INSTANCE_SWEEP, _PAGE):
+            yield _instance_record(entity)
 
     async def all_of(self, level: Level) -> AsyncIterator[LevelRecord]:
         """Every study or series record of every partition; for the consistency checker and reindex only."""
@@ -554,14 +553,13 @@ class Index:
     async def _pages(
         self, level: Level, query: str, parameters: dict, metadata: bool, page_size: int
     ) -> AsyncIterator[LevelRecord]:
-        pages = self._tables[level].pages(query, parameters, self._columns(level, metadata), min(max(page_size, 1), _PAGE))
+        entities = self._tables[level].entities(query, parameters, self._columns(level, metadata), min(max(page_size, 1), _PAGE))
         decode = _DECODERS[level]
-        async for page in pages:
-            for entity in page:
-                record = decode(entity)
-                if isinstance(record, InstanceRecord):
-                    self._cached.put(record)  # a viewer asks for the frames of the series it read the metadata of
-                yield record
+        async for entity in entities:
+            record = decode(entity)
+            if isinstance(record, InstanceRecord):
+                self._cached.put(record)  # a viewer asks for the frames of the series it read the metadata of
+            yield record
 
     # -- counts ------------------------------------------------------------------------------
 

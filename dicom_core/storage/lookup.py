@@ -158,6 +158,5 @@ class Lookup(Table):
         if low is not None:
             query += " and RowKey ge @low and RowKey lt @high"
             parameters |= {"low": low, "high": high}
-        async for page in self.pages(query, parameters, ["RowKey"], min(max(page_size, 1), 1000)):
-            for entity in page:
-                yield entity["RowKey"]
+        async for entity in self.entities(query, parameters, ["RowKey"], min(max(page_size, 1), 1000)):
+            yield entity["RowKey"]

@@ -92,8 +92,8 @@ class OperationStore(Table):
 
     async def pending(self) -> list[str]:
         """The ids of the operations not finished (in id order, which is random)."""
-        pages = self.pages("PartitionKey eq @pk", {"pk": PENDING_OPERATIONS_PARTITION}, ["RowKey"])
-        return [entity["RowKey"] async for page in pages for entity in page]
+        entities = self.entities("PartitionKey eq @pk", {"pk": PENDING_OPERATIONS_PARTITION}, ["RowKey"])
+        return [entity["RowKey"] async for entity in entities]
 
     async def save(self, record: OperationRecord) -> OperationRecord:
         """Write ``record`` over the version it was read at; LeaseLost when another write came first."""

@@ -119,7 +119,8 @@ class Table:
     def __init__(self, service: TableServiceClient, name: str) -> None:
         self.client: TableClient = service.get_table_client(name)
         client = self.client
-        self._table_url = f"{client.scheme}://{client._primary_hostname}/{client.table_name}"
+        self._endpoint = f"{client.scheme}://{client._primary_hostname}"
+        self._table_url = f"{self._endpoint}/{client.table_name}"
         self._read_headers = {"x-ms-version": client.api_version, "DataServiceVersion": "3.0", "Accept": _MINIMAL_METADATA}
 
     async def prepare(self) -> None:
@@ -171,6 +172,14 @@ class Table:
             if next_row := response.headers.get("x-ms-continuation-NextRowKey"):
                 arguments["NextRowKey"] = next_row
 
+    async def entities(
+        self, query: str, parameters: dict[str, Any] | None = None, select: list[str] | None = None, page_size: int = 1000
+    ) -> AsyncIterator[TableEntity]:
+        """The entities of ``pages``, one at a time, for readers that do not care where a page ends."""
+        async for page in self.pages(query, parameters, select, page_size):
+            for entity in page:
+                yield entity
+
     async def submit(self, operations: Sequence[tuple]) -> list[dict[str, str]]:
         """Run ``operations`` (the SDK's ``submit_transaction`` tuples) as one transaction: all of them or none.
 
@@ -179,12 +188,11 @@ class Table:
         error code and ``index``; ``HttpResponseError`` when the whole request is refused.
         """
         client = self.client
-        endpoint = f"{client.scheme}://{client._primary_hostname}"
         requests = _operation_requests(self._table_url, client.api_version, operations)
         boundary, changeset = f"batch_{uuid.uuid4()}", f"changeset_{uuid.uuid4()}"
         request = HttpRequest(
             "POST",
-            f"{endpoint}/$batch",
+            f"{self._endpoint}/$batch",
             headers={
                 "x-ms-version": client.api_version,
                 "DataServiceVersion": "3.0",

@@ -154,9 +154,8 @@ class WorkitemStore(Table):
 
     async def in_partition(self, partition: str, page_size: int) -> AsyncIterator[WorkitemRecord]:
         """Every workitem of a partition in UID order, one page of ``page_size`` at a time."""
-        async for page in self.pages("PartitionKey eq @pk", {"pk": partition}, page_size=min(max(page_size, 1), 1000)):
-            for entity in page:
-                yield _record(entity)
+        async for entity in self.entities("PartitionKey eq @pk", {"pk": partition}, page_size=min(max(page_size, 1), 1000)):
+            yield _record(entity)
 
 
 def index_values(dataset: dict) -> list[tuple[str, str]]:
