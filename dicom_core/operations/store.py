@@ -330,7 +330,9 @@ class _InstanceEntityBatches:
 
     A transaction is atomic, so when one fails its entities are retried one by one; an
     instance whose entity still cannot be written is reported failed (272) and its new
-    file removed, so that the client's retry is not refused as a duplicate.
+    file removed, so that the client's retry is not refused as a duplicate. Each instance
+    comes once per request (``_store_file`` refuses its other parts), so it is once in a
+    transaction, as Table Storage requires.
     """
 
     def __init__(self, services: Services) -> None:
@@ -338,7 +340,6 @@ class _InstanceEntityBatches:
         # Open batches by study: a transaction holds entities of one PartitionKey only.
         self._open: dict[tuple[str, str], list[tuple[InstanceOutcome, _PendingEntity, PreparedInstance]]] = {}
         self._open_bytes: dict[tuple[str, str], int] = defaultdict(int)
-        self._open_keys: dict[tuple[str, str], set[InstanceKey]] = defaultdict(set)
         self._flushes: list[asyncio.Task] = []
         self.indexed: list[tuple[InstanceOutcome, _PendingEntity]] = []
         self.duplicates: list[tuple[InstanceOutcome, _PendingEntity]] = []
@@ -352,20 +353,15 @@ class _InstanceEntityBatches:
             prepared = self._services.index.prepare_instance(record)
         else:
             prepared = await asyncio.to_thread(self._services.index.prepare_instance, record)
-        key = record.key
-        study = (key.partition, key.study)
-        if key in self._open_keys[study]:
-            self._start_flush(study)  # one entity appears once per transaction
+        study = (record.key.partition, record.key.study)
         batch = self._open.setdefault(study, [])
         batch.append((outcome, pending, prepared))
-        self._open_keys[study].add(key)
         self._open_bytes[study] += prepared.size
         if len(batch) >= MAX_TRANSACTION_OPERATIONS or self._open_bytes[study] >= MAX_TRANSACTION_BYTES:
             self._start_flush(study)
 
     def _start_flush(self, study: tuple[str, str]) -> None:
         self._open_bytes.pop(study, None)
-        self._open_keys.pop(study, None)
         batch = self._open.pop(study, [])
         if batch:
             self._flushes.append(asyncio.create_task(self._write(batch)))
