@@ -138,3 +138,15 @@ def test_the_emulator_exits_by_itself_when_asked_to_stop(tmp_path):
         blobs.create_container("dicom")
     emulator.stop()
     assert emulator.process.returncode == 0
+
+
+def test_an_emulator_in_memory_starts_and_keeps_nothing_on_disk(tmp_path):
+    # The benchmark's scale runs keep Azurite in memory; Azurite refuses --inMemoryPersistence beside --location.
+    emulator = azurite.start(tmp_path / "azurite", in_memory=True)
+    try:
+        with BlobServiceClient.from_connection_string(emulator.connection_string) as blobs:
+            blobs.create_container("dicom").upload_blob("a.dcm", b"DICM")
+            assert blobs.get_container_client("dicom").download_blob("a.dcm").readall() == b"DICM"
+    finally:
+        emulator.stop()
+    assert not any((tmp_path / "azurite").iterdir())

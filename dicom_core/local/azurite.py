@@ -85,7 +85,11 @@ def start(
     timeout: float = 30.0,
     log_file: Path | None = None,
 ) -> Azurite:
-    """Start Azurite keeping its data in ``location`` and wait until it accepts connections."""
+    """Start Azurite keeping its data in ``location`` and wait until it accepts connections.
+
+    With ``in_memory`` it keeps nothing on disk (``--inMemoryPersistence``, which Azurite
+    refuses beside ``--location``); ``location`` then only holds what the caller puts there.
+    """
     location.mkdir(parents=True, exist_ok=True)
     blob_port = blob_port or free_port()
     queue_port = queue_port or free_port()
@@ -97,8 +101,6 @@ def start(
         # Azurite reports usage to Microsoft unless told not to; on a machine without internet access
         # its exit then waits about ten seconds on that report, and a hospital's data stays local anyway.
         "--disableTelemetry",
-        "--location",
-        str(location),
         "--blobHost",
         host,
         "--blobPort",
@@ -112,8 +114,7 @@ def start(
         "--tablePort",
         str(table_port),
     ]
-    if in_memory:
-        command.append("--inMemoryPersistence")
+    command += ["--inMemoryPersistence"] if in_memory else ["--location", str(location)]
     before_exec = stop_with_parent if sys.platform == "linux" else None
     if log_file:
         with open(log_file, "ab") as output:  # the child keeps its own copy of the descriptor
