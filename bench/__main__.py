@@ -45,6 +45,12 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="fresh runs of every server, in alternating order; figures are medians (default 3)",
     )
     parser.add_argument(
+        "--azurite-in-memory",
+        action="store_true",
+        help="run our Azurite without files (--inMemoryPersistence): for scale runs, where rewriting its "
+        "database every 5 s dominates",
+    )
+    parser.add_argument(
         "--keep",
         action="store_true",
         help="leave the servers running at the end, until Ctrl-C",
@@ -65,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     corpus = load_or_generate(options.instances, options.series_size, options.big_series)
     print(f"corpus: {corpus.summary()} in {corpus.root}")
     servers = [options.only] if options.only else list(LAUNCHERS)
-    outcome = run(corpus, options.scenarios, servers, options.rounds, options.keep)
+    outcome = run(corpus, options.scenarios, servers, options.rounds, options.keep, options.azurite_in_memory)
     print()
     print(report.table(outcome.results, outcome.errors))
     settings = {
@@ -74,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "big_series": options.big_series,
         "servers": servers,
         "rounds": options.rounds,
+        "azurite_in_memory": options.azurite_in_memory,
         "scenarios": [scenario.name for scenario in options.scenarios],
     }
     document = report.document(outcome.results, outcome.errors, outcome.versions, corpus.summary(), settings)

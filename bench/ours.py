@@ -48,11 +48,17 @@ def version() -> str:
 
 
 @contextmanager
-def running(data: Path) -> Iterator[Server]:
-    """Run a fresh Azurite (files on disk in ``data``) and our server over it; stop both on exit."""
+def running(data: Path, *, azurite_in_memory: bool = False) -> Iterator[Server]:
+    """Run a fresh Azurite and our server over it; stop both on exit.
+
+    Azurite keeps its data in files in ``data``, as the local default runs it, or with
+    ``azurite_in_memory`` only in memory: then it never rewrites its whole database every
+    5 seconds, which at tens of thousands of instances costs more than the requests
+    (docs/benchmark.md, scale).
+    """
     data.mkdir(parents=True, exist_ok=True)
     try:
-        storage = azurite.start(data / "azurite", in_memory=False, log_file=data / "azurite.log")
+        storage = azurite.start(data / "azurite", in_memory=azurite_in_memory, log_file=data / "azurite.log")
     except (FileNotFoundError, RuntimeError, TimeoutError) as error:
         raise BenchmarkError(f"Azurite did not start: {error}") from error
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import signal
 import tempfile
@@ -83,12 +84,14 @@ def run(
     servers: list[str],
     rounds: int,
     keep: bool,
+    azurite_in_memory: bool = False,
 ) -> Outcome:
     """For each round, start each server fresh, measure it, and stop it before the next.
 
     Rounds alternate the order of the servers (A B, B A, A B...) so that a drift of
     the machine's speed does not favour one. With ``keep``, the servers of the last
-    round stay up (idle) until the user presses Ctrl-C.
+    round stay up (idle) until the user presses Ctrl-C. ``azurite_in_memory`` runs our
+    Azurite without files (``ours.running``).
     """
     outcome = Outcome()
     kept_running: list[str] = []
@@ -101,7 +104,10 @@ def run(
                 data = workdir / f"{name}-{number + 1}"
                 with ExitStack() as stack:
                     try:
-                        server = stack.enter_context(LAUNCHERS[name](data))
+                        launch = LAUNCHERS[name]
+                        if name == "ours" and azurite_in_memory:
+                            launch = functools.partial(ours.running, azurite_in_memory=True)
+                        server = stack.enter_context(launch(data))
                         outcome.versions[name] = server.version
                         for measured, results in measure(server, corpus, scenarios).items():
                             outcome.rounds.setdefault(measured, []).append(results)
