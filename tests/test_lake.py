@@ -16,7 +16,7 @@ from azure.core.exceptions import HttpResponseError, ResourceModifiedError
 
 from dicom_core.settings import Connection
 from dicom_core.storage.connections import TRANSFER_BLOCK_BYTES, blob_service
-from dicom_core.storage.lake import FileMissing, InstanceExists, Lake
+from dicom_core.storage.lake import FileChanged, FileMissing, InstanceExists, Lake
 from dicom_core.storage.tables import RequestStatistics
 
 PATH = "AHDS/ws/dicom/svc/Microsoft.Default/1.2/1.2.3/1.2.3.4.dcm"
@@ -91,6 +91,19 @@ async def test_reads_conditional_on_an_etag_and_of_missing_files(lake):
         await lake.read(PATH + ".missing")
     with pytest.raises(FileMissing):
         await lake.properties(PATH + ".missing")
+
+
+async def test_a_delete_of_one_version_leaves_any_other(lake):
+    lake, _ = lake
+    first = await lake.write(PATH, BytesIO(b"version 1"), 9, overwrite=False)
+    second = await lake.write(PATH, BytesIO(b"version 2"), 9, overwrite=True)
+    with pytest.raises(FileChanged):
+        await lake.delete(PATH, etag=first.etag)
+    assert await lake.read(PATH) == b"version 2"
+    assert await lake.delete(PATH, etag=second.etag) is True
+    assert await lake.delete(PATH, etag=second.etag) is False  # gone: nothing to delete, whichever version
+    await lake.write(PATH, BytesIO(b"version 3"), 9, overwrite=False)
+    assert await lake.delete(PATH) is True  # without a version: whatever is there
 
 
 async def test_a_refusal_keeps_the_services_error_code(lake):

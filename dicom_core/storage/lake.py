@@ -303,12 +303,23 @@ class Lake:
             return await self._get(path, 0, None, etag)  # an empty file has no first byte to range from
         raise _storage_error(response)
 
-    async def delete(self, path: str) -> bool:
-        """Delete the file at ``path``; False when there was none."""
+    async def delete(self, path: str, *, etag: str = "") -> bool:
+        """Delete the file at ``path``; False when there was none.
+
+        With ``etag``, only that version of it: FileChanged when the file there now is another one.
+        """
+        conditions = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
         try:
-            await self._container.get_blob_client(path).delete_blob()
+            await self._container.get_blob_client(path).delete_blob(**conditions)
         except ResourceNotFoundError:
             return False
+        except ResourceModifiedError:
+            # Azurite answers 412, not 404, to a version of a file that is gone: look.
+            try:
+                await self.properties(path)
+            except FileMissing:
+                return False
+            raise FileChanged(path) from None
         return True
 
     async def readable_urls(self, paths: list[str], valid_for: timedelta) -> list[str]:
