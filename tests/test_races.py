@@ -14,10 +14,14 @@ import io
 import httpx
 import pytest
 
+from dicom_core.events import run_operations
 from dicom_core.http.app import create_app
 from dicom_core.operations.check import check
+from dicom_core.operations.delete import delete
+from dicom_core.operations.reconcile import contract_files, reconcile_path, reindex
 from dicom_core.services import Services
-from dicom_core.storage.layout import InstanceKey
+from dicom_core.storage.lake import FileMissing
+from dicom_core.storage.layout import InstanceKey, Scope
 from tests.dicom_files import multipart, new_instance, stow_headers, uids
 
 ROUNDS = 6
@@ -176,3 +180,86 @@ async def test_a_delete_racing_a_put_of_the_same_instance_ends_stored_or_deleted
             assert sop in stored_sops(put)
             retrieved = await client.get(f"/v2/studies/{study}/series/{series}/instances/{sop}/metadata")
             assert retrieved.json()[0]["00081030"]["Value"] == ["replacement"]
+
+
+async def put_after_a_delete_died_before_marking_itself(client, services, monkeypatch) -> tuple[InstanceKey, bytes]:
+    """An instance and another of its series stored; a delete of the first that wrote its journal row and
+    died before it marked itself running (an exception there stops it as a kill would: nothing after it
+    runs); then a PUT of the first again, which no marker warns of. Returns its key and the other instance."""
+    instance = new_instance(StudyDescription="original")
+    study, series, sop, _ = uids(instance)
+    other = new_instance(study=study, series=series)
+    assert (await store(client, [instance, other])).status_code == 200
+    key = InstanceKey("Microsoft.Default", study, series, sop)
+
+    async def host_stopped(*args, **kwargs):
+        raise RuntimeError("the host stopped")
+
+    monkeypatch.setattr(services.deletes, "begin", host_stopped)
+    with pytest.raises(RuntimeError):
+        await delete(services, Scope(key.partition, study, series, sop))
+    monkeypatch.undo()
+    assert [row.key async for row in services.deletes.rows_of_study(key.partition, study)] == [key]
+    replacement = new_instance(study=study, series=series, sop=sop, StudyDescription="replacement")
+    assert (await store(client, [replacement], method="PUT")).status_code == 200
+    return key, other
+
+
+@pytest.mark.parametrize("finisher", ["a delete of another instance", "a reconcile", "a reindex"])
+async def test_a_put_after_a_delete_died_before_marking_itself_is_not_removed_when_its_rows_are_finished(
+    client, services, monkeypatch, finisher
+):
+    """Whoever finishes the dead delete's row later removes only the version that delete found."""
+    key, other = await put_after_a_delete_died_before_marking_itself(client, services, monkeypatch)
+    study, series, sop = key.study, key.series, key.sop
+    if finisher == "a delete of another instance":
+        assert (await client.delete(f"/v2/studies/{study}/series/{series}/instances/{uids(other)[2]}")).status_code == 204
+    elif finisher == "a reconcile":
+        await reconcile_path(services, services.layout.instance_path(key))
+    else:
+        await reindex(services, await contract_files(services))
+
+    assert [row async for row in services.deletes.rows_of_study(key.partition, study)] == []
+    retrieved = await client.get(f"/v2/studies/{study}/series/{series}/instances/{sop}/metadata")
+    assert retrieved.status_code == 200
+    assert retrieved.json()[0]["00081030"]["Value"] == ["replacement"]
+    await assert_consistent(services)
+
+
+async def test_a_delete_retried_after_a_put_removes_the_version_the_put_stored(client, services, monkeypatch):
+    """The dead delete's row names the version before the PUT; its client's retry comes after the PUT and
+    removes the instance as it is now."""
+    key, _ = await put_after_a_delete_died_before_marking_itself(client, services, monkeypatch)
+    url = f"/v2/studies/{key.study}/series/{key.series}/instances/{key.sop}"
+    assert (await client.delete(url)).status_code == 204
+    assert (await client.get(url, headers={"Accept": "application/dicom"})).status_code == 404
+    assert [row async for row in services.deletes.rows_of_study(key.partition, key.study)] == []
+    with pytest.raises(FileMissing):
+        await services.lake.properties(services.layout.instance_path(key))
+    await assert_consistent(services)
+
+
+async def test_a_delete_removes_the_version_a_bulk_update_made_of_the_file_it_found(
+    client, second_host, second_services, services, monkeypatch
+):
+    """The delete lists the instance, then a bulk update rewrites its file (a new version, made of the one
+    listed) before the delete's file step: the instance is deleted all the same."""
+    instance = new_instance(PatientID="WRONG-1")
+    study, series, sop, _ = uids(instance)
+    key = InstanceKey("Microsoft.Default", study, series, sop)
+    assert (await store(client, [instance])).status_code == 200
+    before = await services.lake.properties(services.layout.instance_path(key))
+    at_files, go_on = asyncio.Event(), asyncio.Event()
+    hold(monkeypatch, second_services.lake, "delete", reached=at_files, until=go_on)
+    deleting = asyncio.create_task(second_host.delete(f"/v2/studies/{study}/series/{series}/instances/{sop}"))
+    await asyncio.wait_for(at_files.wait(), 30)
+    change = {"studyInstanceUids": [study], "changeDataset": {"00100020": {"vr": "LO", "Value": ["RIGHT-1"]}}}
+    assert (await client.post("/v2/studies/$bulkUpdate", json=change)).status_code == 202
+    assert await run_operations(services, owner="updater") == 1
+    assert (await services.lake.properties(services.layout.instance_path(key))).etag != before.etag
+    go_on.set()
+    assert (await deleting).status_code == 204
+    assert await services.index.get_instance(key) is None
+    with pytest.raises(FileMissing):
+        await services.lake.properties(services.layout.instance_path(key))
+    await assert_consistent(services)

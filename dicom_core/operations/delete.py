@@ -5,10 +5,14 @@ instance is deleted, and everything after is bookkeeping that can be repeated.
 For the instances in scope (the index's entries and the lake's files, so that orphan
 files go too, and the journal rows of deletes that did not finish):
 
-1. claim a journal row per instance, then mark the delete running in its study
-   (storage/delete_journal.py): a store that sees the mark finds in the journal what a
-   running delete may still remove (operations/store.py, docs/reliability.md);
-2. delete the files, and the originals a bulk update kept of them;
+1. claim a journal row per instance, with the version (ETag) of the file found, then mark
+   the delete running in its study (storage/delete_journal.py): a store that sees the mark
+   finds in the journal what a running delete may still remove (operations/store.py,
+   docs/reliability.md);
+2. delete the files, each only in the version found (or the one a bulk update made of it),
+   and the originals a bulk update kept of them. Another version at the path was stored
+   after the delete looked (a PUT over an instance whose delete died before it finished):
+   that instance stays, and its row is only released;
 3. announce the deletes in the change feed (idempotent: the feed remembers them);
 4. delete the instance entities;
 5. recount the series and the study from the entities left (storage/index.py
@@ -32,13 +36,15 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
 from dicom_core.errors import NotFound
+from dicom_core.operations.bulk_update import UPDATED_FROM
 from dicom_core.services import Services
 from dicom_core.storage.changefeed_store import Change
 from dicom_core.storage.delete_journal import JournalRow
-from dicom_core.storage.lake import FileMissing
+from dicom_core.storage.lake import FileChanged, FileMissing
 from dicom_core.storage.layout import InstanceKey, Scope
 
 _FILE_CONCURRENCY = 16
+_VERSIONS_FOLLOWED = 8  # a file that keeps changing under a delete is left to the next one
 
 
 async def delete(services: Services, scope: Scope, *, keep_files: bool = False) -> int:
@@ -51,12 +57,14 @@ async def delete(services: Services, scope: Scope, *, keep_files: bool = False) 
     longest_request = timedelta(seconds=services.settings.limits.request_timeout_seconds)
     unfinished = [row async for row in services.deletes.rows_of_study(scope.partition, scope.study)]
     targets = await _instances_in(services, scope)
-    in_scope = {row.key: row.path for row in unfinished if _in(scope, row.key)}
+    in_scope = {row.key for row in unfinished if _in(scope, row.key)}
     if not targets and not in_scope:
         raise NotFound(f"{scope.describe()} is not stored in partition {scope.partition}")
     now = datetime.now(UTC)
     # A row without a path keeps its file, also when an interrupted delete is replayed.
-    rows = [JournalRow(key, job, "" if keep_files else path, now) for key, path in targets.items()]
+    rows = [
+        JournalRow(key, job, "" if keep_files else path, now, "" if keep_files else etag) for key, (path, etag) in targets.items()
+    ]
     claimed = await services.deletes.claim(rows)
     held = {row.key for row in claimed}
     # Marked running only now, before anything is removed: while marked, every instance it may still
@@ -66,10 +74,14 @@ async def delete(services: Services, scope: Scope, *, keep_files: bool = False) 
         # Rows of other deletes in the study are run here too: the steps are idempotent, this
         # request must not answer before the instances it was asked to delete are gone, and
         # a delete that was cut off is finished by the next one.
-        await _run(services, claimed + [row for row in unfinished if row.key not in held])
+        stored_since = await _run(services, claimed + [row for row in unfinished if row.key not in held])
+        # The row of a delete that died found an earlier version than this one did (a PUT came
+        # between them): this delete removes what it found itself, with a row of its own.
+        again = [row for row in rows if row.etag and row.key in stored_since and row.key not in held]
+        await _run(services, await services.deletes.claim(again))
     finally:
         await services.deletes.end(scope.partition, scope.study, job, longest_request)
-    return len(targets | in_scope)
+    return len(targets.keys() | in_scope)
 
 
 async def finish_interrupted(services: Services, partition: str, study: str) -> int:
@@ -79,9 +91,12 @@ async def finish_interrupted(services: Services, partition: str, study: str) -> 
     return len(rows)
 
 
-async def finish_rows(services: Services, rows: list[JournalRow]) -> None:
-    """Run ``rows`` now, whether their deletes died or are still running (a store settling a racing delete)."""
-    await _run(services, rows)
+async def finish_rows(services: Services, rows: list[JournalRow]) -> set[InstanceKey]:
+    """Run ``rows`` now, whether their deletes died or are still running (a store settling a racing delete).
+
+    Returns the instances they removed: not those where another version of the file was stored since.
+    """
+    return {row.key for row in rows} - await _run(services, rows)
 
 
 async def finish_all_interrupted(services: Services) -> int:
@@ -96,30 +111,34 @@ def _in(scope: Scope, key: InstanceKey) -> bool:
     return (scope.series is None or key.series == scope.series) and (scope.sop is None or key.sop == scope.sop)
 
 
-async def _instances_in(services: Services, scope: Scope) -> dict[InstanceKey, str]:
-    """The lake path of every instance of ``scope``: its index entries and every file at a contract path."""
-    found: dict[InstanceKey, str] = {}
+async def _instances_in(services: Services, scope: Scope) -> dict[InstanceKey, tuple[str, str]]:
+    """The lake path of every instance of ``scope`` (its index entries and every file at a contract path),
+    and the ETag of the file there ("" when there is none)."""
+    found: dict[InstanceKey, tuple[str, str]] = {}
     if scope.sop:
         key = InstanceKey(scope.partition, scope.study, scope.series or "", scope.sop)
         record = await services.index.get_instance(key)
-        path = services.layout.instance_path(key)
-        if record is not None:
-            found[key] = record.path
-        else:
-            with contextlib.suppress(FileMissing):
-                await services.lake.properties(path)
-                found[key] = path
+        path = record.path if record is not None else services.layout.instance_path(key)
+        with contextlib.suppress(FileMissing):
+            found[key] = (path, (await services.lake.properties(path)).etag)
+        if record is not None and key not in found:
+            found[key] = (path, "")
         return found
-    async for record in services.index.instances_of_study(scope.partition, scope.study, scope.series, metadata=False):
-        found[record.key] = record.path
+    indexed = {
+        record.key: record.path
+        async for record in services.index.instances_of_study(scope.partition, scope.study, scope.series, metadata=False)
+    }
     if scope.series:
         folder = services.layout.series_folder(scope.partition, scope.study, scope.series)
     else:
         folder = services.layout.study_folder(scope.partition, scope.study)
-    async for file in services.lake.list(folder):
-        key = services.layout.parse_instance_path(file.path)
+    files = {file.path: file.etag async for file in services.lake.list(folder)}
+    for key, path in indexed.items():
+        found[key] = (path, files.get(path, ""))
+    for path, etag in files.items():
+        key = services.layout.parse_instance_path(path)
         if key is not None and key not in found:
-            found[key] = file.path
+            found[key] = (path, etag)
     return found
 
 
@@ -135,23 +154,70 @@ async def _originals_of(services: Services, rows: list[JournalRow]) -> list[str]
     return found
 
 
-async def _run(services: Services, rows: list[JournalRow]) -> None:
-    """Steps 2-6 of the module docstring for journal rows (any number of jobs and studies)."""
+async def _running_deletes(services: Services, studies: set[tuple[str, str]]) -> dict[tuple[str, str], frozenset[str]]:
+    """The jobs marked running in each of ``studies``."""
+
+    async def jobs(partition: str, study: str) -> frozenset[str]:
+        marker = await services.deletes.marker(partition, study)
+        return marker.jobs if marker is not None else frozenset()
+
+    listed = sorted(studies)
+    return dict(zip(listed, await asyncio.gather(*(jobs(*study) for study in listed)), strict=True))
+
+
+async def _updated_from(services: Services, path: str, etag: str) -> str | None:
+    """The ETag of the file at ``path`` when a bulk update made it of version ``etag``: the same instance
+    version to a delete, which removes it too. None when it is another one (stored again since)."""
+    try:
+        _, file, metadata = await services.lake.head(path, 1)
+    except FileMissing:
+        return etag  # gone meanwhile: deleting that version again finds nothing
+    return file.etag if metadata.get(UPDATED_FROM) == etag.strip('"') else None
+
+
+async def _run(services: Services, rows: list[JournalRow]) -> set[InstanceKey]:
+    """Steps 2-6 of the module docstring for journal rows (any number of jobs and studies).
+
+    A row of a delete marked running removes whatever file is at its path, as that delete does
+    (a store racing it settles by the same rule: operations/store.py). A row of a delete that is
+    not running any more (it died; it never marked itself, or its mark aged out) removes only the
+    version it found: its client never heard back, and a store since may have been answered.
+    Returns the instances left stored: another version of the file was there.
+    """
     if not rows:
-        return
+        return set()
     slots = asyncio.Semaphore(_FILE_CONCURRENCY)
+    stored_since: set[InstanceKey] = set()
+    running = await _running_deletes(services, {(row.key.partition, row.key.study) for row in rows})
 
     async def bounded(step) -> None:
         async with slots:
             await step
 
-    await asyncio.gather(*(bounded(services.lake.delete(row.path)) for row in rows if row.path))
-    await asyncio.gather(*(bounded(services.lake.delete(path)) for path in await _originals_of(services, rows)))
-    await services.changefeed.append([Change(row.key, services.layout.instance_path(row.key), "", deleted=True) for row in rows])
-    await asyncio.gather(*(bounded(services.index.delete_instance(row.key)) for row in rows))
+    async def delete_file(row: JournalRow) -> None:
+        etag = "" if row.job in running[(row.key.partition, row.key.study)] else row.etag
+        for _ in range(_VERSIONS_FOLLOWED):
+            try:
+                await services.lake.delete(row.path, etag=etag)
+                return
+            except FileChanged:
+                updated = await _updated_from(services, row.path, etag)
+            if updated is None:
+                break
+            etag = updated
+        stored_since.add(row.key)
+
+    await asyncio.gather(*(bounded(delete_file(row)) for row in rows if row.path))
+    removed = [row for row in rows if row.key not in stored_since]
+    await asyncio.gather(*(bounded(services.lake.delete(path)) for path in await _originals_of(services, removed)))
+    await services.changefeed.append(
+        [Change(row.key, services.layout.instance_path(row.key), "", deleted=True) for row in removed]
+    )
+    await asyncio.gather(*(bounded(services.index.delete_instance(row.key)) for row in removed))
     series_of: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for row in rows:
+    for row in removed:
         series_of[(row.key.partition, row.key.study)].add(row.key.series)
     for (partition, study), series in series_of.items():
         await services.index.refresh(partition, study, sorted(series))
     await services.deletes.release(rows)
+    return stored_since

@@ -285,14 +285,14 @@ class _DeleteWatch:
         Read after the marker, the journal holds a row for every instance that a delete marked
         then may still remove: such an instance is deleted here and now (its row finished: every
         step is idempotent) and reported failed, rather than waiting for that delete, which may
-        have died. Any other delete that touched an instance is done with it (``_kept``).
+        have died. A row of an earlier version of the file than this request's removes nothing
+        (operations/delete.py). Any other delete that touched an instance is done with it (``_kept``).
         Returns the instances settled, to announce and count again.
         """
         rows = {row.key: row for study in studies async for row in self._services.deletes.rows_of_study(*study)}
         mine = [(o, p) for o, p in touched if (p.record.key.partition, p.record.key.study) in studies and not p.withdrawn]
         held = [rows[p.record.key] for _, p in mine if p.record.key in rows and rows[p.record.key].path]
-        await finish_rows(self._services, held)
-        removed = {row.key for row in held}
+        removed = await finish_rows(self._services, held)
         for outcome, pending in mine:
             if pending.record.key in removed or not await self._kept(pending):
                 pending.withdrawn = True

@@ -3,7 +3,7 @@
 ==========================  ======================  ==========================================
 PartitionKey                RowKey                  holds
 ==========================  ======================  ==========================================
-``{partition}|{study}``     ``{series}|{sop}``      ``Job``, ``Path``, ``Created``
+``{partition}|{study}``     ``{series}|{sop}``      ``Job``, ``Path``, ``FileETag``, ``Created``
 ``{partition}|{study}``     ``~deleting``           ``Jobs``: the deletes running in the study
 ==========================  ======================  ==========================================
 
@@ -57,6 +57,9 @@ class JournalRow:
     job: str
     path: str  # the file to delete; "" keeps it (reconcile drops an entry whose file is not that instance)
     created: datetime
+    # The version of the file the delete found; another version at the path was stored after it (a PUT
+    # over an instance whose delete died) and stays. "" in rows written before versions were kept: any.
+    etag: str = ""
 
 
 class DeleteJournal(Table):
@@ -142,10 +145,11 @@ def _entity(row: JournalRow) -> dict:
         **instance_identity(row.key),
         "Job": row.job,
         "Path": row.path,
+        "FileETag": row.etag,
         "Created": row.created,
     }
 
 
 def _row(entity: dict) -> JournalRow:
     created = entity.get("Created") or datetime.now(UTC)
-    return JournalRow(key_of(entity), entity["Job"], entity["Path"], created)
+    return JournalRow(key_of(entity), entity["Job"], entity["Path"], created, entity.get("FileETag") or "")
