@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from azure.core.exceptions import AzureError
 
 from bench import orthanc, ours
 from bench.corpus import Corpus
@@ -51,11 +52,12 @@ def warm_up(server: Server) -> None:
     )
 
 
-def measure(server: Server, corpus: Corpus, scenarios: list[Scenario]) -> dict[str, list[Result]]:
+def measure(server: Server, corpus: Corpus, scenarios: list[Scenario], errors: dict[str, str]) -> dict[str, list[Result]]:
     """Run ``scenarios`` in order against a freshly started, empty ``server``; results by server name.
 
     When the server exposes its storage, each scenario's raw-storage ceiling runs right
-    after the scenario, on the files it stored, and its results go under RAW.
+    after the scenario, on the files it stored, and its results go under RAW. A ceiling that
+    fails is reported in ``errors`` and the server's scenarios go on.
     """
     corpus.warm()
     warm_up(server)
@@ -71,7 +73,12 @@ def measure(server: Server, corpus: Corpus, scenarios: list[Scenario]) -> dict[s
             print(f"{RAW}: {entry.name}, the same files through the Azure SDK alone")
             # The raw client is this process; the storage is among the server's processes (ours idles).
             before = cpu_seconds(server.processes) + time.process_time()
-            results.setdefault(RAW, []).extend(entry.ceiling(server.lake_connection, corpus))
+            try:
+                results.setdefault(RAW, []).extend(entry.ceiling(server.lake_connection, corpus))
+            except AzureError as error:
+                errors[f"{RAW} {entry.name}"] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+                print(f"{RAW}: {entry.name}: {errors[f'{RAW} {entry.name}']}")
+                continue
             if entry.cpu:
                 spent = cpu_seconds(server.processes) + time.process_time() - before
                 results[RAW].append(cpu_per_instance(entry.name, spent, corpus.instance_count))
@@ -109,7 +116,7 @@ def run(
                             launch = functools.partial(ours.running, azurite_in_memory=True)
                         server = stack.enter_context(launch(data))
                         outcome.versions[name] = server.version
-                        for measured, results in measure(server, corpus, scenarios).items():
+                        for measured, results in measure(server, corpus, scenarios, outcome.errors).items():
                             outcome.rounds.setdefault(measured, []).append(results)
                     except (BenchmarkError, httpx.HTTPError) as error:
                         outcome.errors[name] = f"{type(error).__name__}: {error}"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.blob.aio import ContainerClient
 from tqdm import tqdm
 
 from bench.ceiling import RawStorage, bounded, measure
@@ -106,6 +107,15 @@ def stow(base_url: str, corpus: Corpus) -> list[Result]:
     ]
 
 
+async def upload(scratch: ContainerClient, name: str, path: Path) -> None:
+    """One Put Blob of the file at ``path``, read only when its turn comes (a corpus can be larger than memory).
+
+    Unconditional, so that the SDK's retry of an upload whose answer timed out (Azurite holding
+    100,000 files in memory pauses) does not fail on the blob its first attempt wrote.
+    """
+    await scratch.upload_blob(name, path.read_bytes(), overwrite=True)
+
+
 @ceiling("stow")
 def stow_raw(storage: str, corpus: Corpus) -> list[Result]:
     """Uploads of the corpus files as blobs (one Put Blob each), CONCURRENCY at a time, into a scratch container."""
@@ -116,7 +126,7 @@ def stow_raw(storage: str, corpus: Corpus) -> list[Result]:
         await scratch.create_container()
         try:
             started = time.perf_counter()
-            await bounded(scratch.upload_blob(f"{number}.dcm", path.read_bytes()) for number, path in enumerate(files))
+            await bounded(upload(scratch, f"{number}.dcm", path) for number, path in enumerate(files))
             elapsed = time.perf_counter() - started
         finally:
             with suppress(ResourceNotFoundError):
