@@ -285,8 +285,9 @@ class _DeleteWatch:
         Read after the marker, the journal holds a row for every instance that a delete marked
         then may still remove: such an instance is deleted here and now (its row finished: every
         step is idempotent) and reported failed, rather than waiting for that delete, which may
-        have died. A row of an earlier version of the file than this request's removes nothing
-        (operations/delete.py). Any other delete that touched an instance is done with it (``_kept``).
+        have died. The row of a delete that is not running any more removes only the version it
+        found, never this request's (operations/delete.py). Any other delete that touched an
+        instance is done with it (``_kept``).
         Returns the instances settled, to announce and count again.
         """
         rows = {row.key: row for study in studies async for row in self._services.deletes.rows_of_study(*study)}

@@ -57,8 +57,8 @@ class JournalRow:
     job: str
     path: str  # the file to delete; "" keeps it (reconcile drops an entry whose file is not that instance)
     created: datetime
-    # The version of the file the delete found; another version at the path was stored after it (a PUT
-    # over an instance whose delete died) and stays. "" in rows written before versions were kept: any.
+    # The version of the file the delete found: once that delete is not running, its row removes only this
+    # version (operations/delete.py). "" when there was no file, and in rows written before: any.
     etag: str = ""
 
 
