@@ -242,8 +242,8 @@ async def test_a_delete_retried_after_a_put_removes_the_version_the_put_stored(c
 async def test_a_delete_removes_the_version_a_bulk_update_made_of_the_file_it_found(
     client, second_host, second_services, services, monkeypatch
 ):
-    """The delete lists the instance, then a bulk update rewrites its file (a new version, made of the one
-    listed) before the delete's file step: the instance is deleted all the same."""
+    """The delete lists the instance, then a bulk update rewrites its file (a new version) before the delete's
+    file step: a delete that is running removes what is at the path, so the instance is deleted all the same."""
     instance = new_instance(PatientID="WRONG-1")
     study, series, sop, _ = uids(instance)
     key = InstanceKey("Microsoft.Default", study, series, sop)

@@ -9,10 +9,10 @@ files go too, and the journal rows of deletes that did not finish):
    the delete running in its study (storage/delete_journal.py): a store that sees the mark
    finds in the journal what a running delete may still remove (operations/store.py,
    docs/reliability.md);
-2. delete the files, each only in the version found (or the one a bulk update made of it),
-   and the originals a bulk update kept of them. Another version at the path was stored
-   after the delete looked (a PUT over an instance whose delete died before it finished):
-   that instance stays, and its row is only released;
+2. delete the files, and the originals a bulk update kept of them. The rows of a delete that
+   died delete only the version of the file it found: another version at the path was stored
+   after it (a PUT over an instance whose delete had failed), so that instance stays and its
+   row is only released;
 3. announce the deletes in the change feed (idempotent: the feed remembers them);
 4. delete the instance entities;
 5. recount the series and the study from the entities left (storage/index.py
@@ -36,7 +36,6 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
 from dicom_core.errors import NotFound
-from dicom_core.operations.bulk_update import UPDATED_FROM
 from dicom_core.services import Services
 from dicom_core.storage.changefeed_store import Change
 from dicom_core.storage.delete_journal import JournalRow
@@ -44,7 +43,6 @@ from dicom_core.storage.lake import FileChanged, FileMissing
 from dicom_core.storage.layout import InstanceKey, Scope
 
 _FILE_CONCURRENCY = 16
-_VERSIONS_FOLLOWED = 8  # a file that keeps changing under a delete is left to the next one
 
 
 async def delete(services: Services, scope: Scope, *, keep_files: bool = False) -> int:
@@ -165,23 +163,14 @@ async def _running_deletes(services: Services, studies: set[tuple[str, str]]) ->
     return dict(zip(listed, await asyncio.gather(*(jobs(*study) for study in listed)), strict=True))
 
 
-async def _updated_from(services: Services, path: str, etag: str) -> str | None:
-    """The ETag of the file at ``path`` when a bulk update made it of version ``etag``: the same instance
-    version to a delete, which removes it too. None when it is another one (stored again since)."""
-    try:
-        _, file, metadata = await services.lake.head(path, 1)
-    except FileMissing:
-        return etag  # gone meanwhile: deleting that version again finds nothing
-    return file.etag if metadata.get(UPDATED_FROM) == etag.strip('"') else None
-
-
 async def _run(services: Services, rows: list[JournalRow]) -> set[InstanceKey]:
     """Steps 2-6 of the module docstring for journal rows (any number of jobs and studies).
 
     A row of a delete marked running removes whatever file is at its path, as that delete does
     (a store racing it settles by the same rule: operations/store.py). A row of a delete that is
     not running any more (it died; it never marked itself, or its mark aged out) removes only the
-    version it found: its client never heard back, and a store since may have been answered.
+    version it found: its client never heard back, and a store since may have been answered (a
+    bulk update's new version too: the delete's client retries to remove it).
     Returns the instances left stored: another version of the file was there.
     """
     if not rows:
@@ -196,16 +185,10 @@ async def _run(services: Services, rows: list[JournalRow]) -> set[InstanceKey]:
 
     async def delete_file(row: JournalRow) -> None:
         etag = "" if row.job in running[(row.key.partition, row.key.study)] else row.etag
-        for _ in range(_VERSIONS_FOLLOWED):
-            try:
-                await services.lake.delete(row.path, etag=etag)
-                return
-            except FileChanged:
-                updated = await _updated_from(services, row.path, etag)
-            if updated is None:
-                break
-            etag = updated
-        stored_since.add(row.key)
+        try:
+            await services.lake.delete(row.path, etag=etag)
+        except FileChanged:
+            stored_since.add(row.key)
 
     await asyncio.gather(*(bounded(delete_file(row)) for row in rows if row.path))
     removed = [row for row in rows if row.key not in stored_since]
