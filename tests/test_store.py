@@ -24,7 +24,6 @@ from tests.dicom_files import (
 STUDIES = "/v2/studies"
 
 
-
 async def post(client, parts, url=STUDIES, method="POST", boundary=None, quoted=True):
     body, boundary = multipart(parts, boundary)
     return await client.request(method, url, content=body, headers=stow_headers(boundary, quoted))

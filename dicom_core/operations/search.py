@@ -152,7 +152,6 @@ def _tag_name(name: str) -> str:
     return f"{tag:08X}" if tag is not None else name.upper()
 
 
-
 def _own_uid(constraint: Constraint, level: Level) -> bool:
     """Whether ``constraint`` is a list of the level's own UIDs, which a candidate's key path answers."""
     return isinstance(constraint, UidList) and constraint.key.keyword == UID_KEYS[level]

@@ -89,9 +89,7 @@ def _absolute(model: bytes, instance_url: str) -> bytes:
     return model.replace(b'"BulkDataURI":"bulkdata/', b'"BulkDataURI":"' + instance_url.encode() + b"/bulkdata/")
 
 
-async def _metadata_from_file(
-    services: Services, instance: InstanceRecord, base_url: str, *, original: bool = False
-) -> bytes:
+async def _metadata_from_file(services: Services, instance: InstanceRecord, base_url: str, *, original: bool = False) -> bytes:
     """The DICOM JSON of an instance whose metadata the index could not hold (over 64 KiB compressed), or of its original.
 
     An original's header is read (up to its Pixel Data, which it shares with the instance);
