@@ -76,8 +76,9 @@ def measure(server: Server, corpus: Corpus, scenarios: list[Scenario], errors: d
             try:
                 results.setdefault(RAW, []).extend(entry.ceiling(server.lake_connection, corpus))
             except AzureError as error:
-                errors[f"{RAW} {entry.name}"] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
-                print(f"{RAW}: {entry.name}: {errors[f'{RAW} {entry.name}']}")
+                failed = f"{RAW} {entry.name}"
+                errors[failed] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+                print(f"{failed}: {errors[failed]}")
                 continue
             if entry.cpu:
                 spent = cpu_seconds(server.processes) + time.process_time() - before
