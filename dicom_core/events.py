@@ -19,6 +19,7 @@ import time
 from dicom_core.operations import jobs
 from dicom_core.operations.health import HealthStatus, write_health_file
 from dicom_core.operations.job_types import HANDLERS
+from dicom_core.operations.lookup_move import start_if_needed as start_lookup_move_if_needed
 from dicom_core.operations.reconcile import ReconcileResult, reconcile_path
 from dicom_core.services import Services
 
@@ -77,6 +78,7 @@ async def check_health(services: Services) -> HealthStatus:
 
 async def run_operations(services: Services, budget_seconds: float | None = None, owner: str = WORKER_ID) -> int:
     """Run the pending long-running operations this worker can take (docs/operations.md); how many it ran."""
+    await start_lookup_move_if_needed(services)
     ran = await jobs.run_pending(services, owner, HANDLERS, budget_seconds)
     if ran:
         logger.info("ran %d operations", ran, extra={"custom_dimensions": {"operation": "operations", "count": ran}})

@@ -20,6 +20,7 @@ from dicom_core.operations import jobs
 from dicom_core.services import Services
 from dicom_core.settings import Jobs, Settings
 from dicom_core.storage.lookup import partition_key
+from dicom_core.storage.lookup_plan import ValueRange
 from tests.dicom_files import new_instance
 from tests.server import docs_example, run_script, running_server
 from tests.test_search import reads, store, uids_of
@@ -211,8 +212,7 @@ async def test_a_disabled_tag_is_refused_by_searches_and_a_deleted_one_is_unknow
 
 
 async def lookup_count(services: Services, pk: str) -> int:
-    entities = services.index.lookup.client.query_entities("PartitionKey eq @pk", parameters={"pk": pk}, select=["RowKey"])
-    return len([entity async for entity in entities])
+    return len([row_key async for row_key in services.index.lookup.scan(pk, ValueRange("prefix", ""), 1000)])
 
 
 # -- refusals ---------------------------------------------------------------------------------------------------

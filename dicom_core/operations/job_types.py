@@ -8,6 +8,7 @@ from dicom_core.operations.bulk_update import UPDATE, BulkUpdateJob
 from dicom_core.operations.export import EXPORT, ExportJob
 from dicom_core.operations.extended_tags import DELETE_TAG, REINDEX
 from dicom_core.operations.jobs import JobHandler
+from dicom_core.operations.lookup_move import MOVE_INSTANCE_LOOKUPS, MoveInstanceLookups
 from dicom_core.operations.tag_jobs import DeleteTag, ReindexTags
 
 HANDLERS: Mapping[str, JobHandler] = {
@@ -15,4 +16,5 @@ HANDLERS: Mapping[str, JobHandler] = {
     DELETE_TAG: DeleteTag(),
     EXPORT: ExportJob(),
     UPDATE: BulkUpdateJob(),
+    MOVE_INSTANCE_LOOKUPS: MoveInstanceLookups(),
 }

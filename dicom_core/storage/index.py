@@ -55,7 +55,7 @@ from dicom_core.storage.keys import (
     study_partition_key,
 )
 from dicom_core.storage.layout import InstanceKey
-from dicom_core.storage.lookup import Lookup, instance_entries, level_entries, study_entries
+from dicom_core.storage.lookup import LookupTables, instance_entries, level_entries, study_entries
 from dicom_core.storage.records import InstanceRecord, LevelRecord, LevelUpdate, SeriesRecord, StudyRecord
 from dicom_core.storage.tables import MAX_TRANSACTION_OPERATIONS, Table
 
@@ -270,7 +270,7 @@ class Index:
         self._studies = Table(service, f"{table_prefix}studies")
         self._series = Table(service, f"{table_prefix}series")
         self._instances = Table(service, f"{table_prefix}instances")
-        self.lookup = Lookup(service, table_prefix)
+        self.lookup = LookupTables(service, table_prefix)
         self._cached = _InstanceCache(INSTANCE_CACHE_BYTES)
 
     @property

@@ -138,18 +138,27 @@ class Lookup(Table):
     async def clear(self, pk: str) -> int:
         """Remove every entry of one PartitionKey (an attribute no longer indexed), a page at a time; how many."""
         removed = 0
-        while True:
-            row_keys: list[str] = []
-            async for page in self.pages("PartitionKey eq @pk", {"pk": pk}, ["RowKey"]):
-                row_keys = [entity["RowKey"] for entity in page]
-                if row_keys:  # a page may be empty yet not the last
-                    break
-            if not row_keys:
-                return removed
+        while entries := await self.first_page("PartitionKey eq @pk", {"pk": pk}):
+            await self.delete(entries)
+            removed += len(entries)
+        return removed
+
+    async def first_page(self, query: str, parameters: dict[str, str]) -> list[tuple[str, str]]:
+        """The entries of the first page of ``query`` that holds any (up to 1,000); empty when none match."""
+        async for page in self.pages(query, parameters, ["PartitionKey", "RowKey"]):
+            if page:  # a page may be empty yet not the last
+                return [(entity["PartitionKey"], entity["RowKey"]) for entity in page]
+        return []
+
+    async def delete(self, entries: Iterable[tuple[str, str]]) -> None:
+        """Delete entries known to exist: one transaction per PartitionKey and 100 entries."""
+        by_partition: dict[str, list[str]] = defaultdict(list)
+        for pk, rk in dict.fromkeys(entries):
+            by_partition[pk].append(rk)
+        for pk, row_keys in by_partition.items():
             for start in range(0, len(row_keys), MAX_TRANSACTION_OPERATIONS):
                 batch = row_keys[start : start + MAX_TRANSACTION_OPERATIONS]
                 await self.submit([("delete", {"PartitionKey": pk, "RowKey": rk}) for rk in batch])
-            removed += len(row_keys)
 
     async def scan(self, pk: str, value_range: ValueRange, page_size: int) -> AsyncIterator[str]:
         """The RowKeys of one partition whose values are in ``value_range``, in RowKey order."""
@@ -160,3 +169,114 @@ class Lookup(Table):
             parameters |= {"low": low, "high": high}
         async for entity in self.entities(query, parameters, ["RowKey"], min(max(page_size, 1), 1000)):
             yield entity["RowKey"]
+
+
+INSTANCE_LOOKUP_TABLE = "instancelookup"
+# In the instance lookup table, beside entries (whose PartitionKeys all hold a "|"): this table holds
+# every instance entry of the archive, none is left in the lookup table (see LookupTables).
+_MARKER_PARTITION, _COMPLETE = "layout", "complete"
+
+
+class LookupTables:
+    """Every lookup entry: studies' and series' in ``{prefix}lookup``, instances' in ``{prefix}instancelookup``.
+
+    The same methods as ``Lookup``; the level in an entry's PartitionKey picks its table.
+    Why two tables: Azurite answers every key range by scanning its whole table, and an
+    archive has about three instance entries for each study or series one, so a study
+    search in one shared table paid for every instance (docs/index-design.md). On Azure a
+    key range reads only its range, and a table more costs nothing.
+
+    Archives written before the split hold their instance entries in ``{prefix}lookup``.
+    Until the ``moveInstanceLookups`` operation has moved them all and marked the instance
+    table complete, instance searches read both tables and merge them by key. New entries
+    always go to the instance table; a new archive is complete from the start.
+    """
+
+    def __init__(self, service: TableServiceClient, table_prefix: str) -> None:
+        self._studies_and_series = Lookup(service, table_prefix)
+        self._instances = Lookup(service, table_prefix, name=INSTANCE_LOOKUP_TABLE)
+        self._complete = False  # once the marker is seen it stays: entries only ever move into the instance table
+
+    async def prepare(self) -> None:
+        created = await self._studies_and_series.prepare()
+        await self._instances.prepare()
+        if created:  # a new archive: no instance entry was ever written to the lookup table
+            await self.mark_complete()
+        else:
+            await self.instances_complete()
+
+    def _table_of(self, pk: str) -> Lookup:
+        level = pk.split(SEPARATOR)[1]  # partition_key: partition names hold no separator
+        return self._instances if level == Level.INSTANCE.label else self._studies_and_series
+
+    async def _legacy(self, pk: str) -> bool:
+        """Whether entries of ``pk`` may still be in the lookup table, where archives before the split kept them."""
+        return self._table_of(pk) is self._instances and not await self.instances_complete()
+
+    def _by_table(self, entries: Iterable[tuple[str, str]]) -> dict[Lookup, list[tuple[str, str]]]:
+        by_table: dict[Lookup, list[tuple[str, str]]] = defaultdict(list)
+        for entry in entries:
+            by_table[self._table_of(entry[0])].append(entry)
+        return by_table
+
+    async def put(self, entries: Iterable[tuple[str, str]]) -> None:
+        await asyncio.gather(*(table.put(table_entries) for table, table_entries in self._by_table(entries).items()))
+
+    async def remove(self, entries: Iterable[tuple[str, str]]) -> None:
+        by_table = self._by_table(entries)
+        removals = [table.remove(table_entries) for table, table_entries in by_table.items()]
+        if by_table.get(self._instances) and not await self.instances_complete():
+            removals.append(self._studies_and_series.remove(by_table[self._instances]))
+        await asyncio.gather(*removals)
+
+    async def clear(self, pk: str) -> int:
+        removed = await self._table_of(pk).clear(pk)
+        if await self._legacy(pk):
+            removed += await self._studies_and_series.clear(pk)
+        return removed
+
+    async def scan(self, pk: str, value_range: ValueRange, page_size: int) -> AsyncIterator[str]:
+        row_keys = self._table_of(pk).scan(pk, value_range, page_size)
+        if await self._legacy(pk):
+            row_keys = _merged(row_keys, self._studies_and_series.scan(pk, value_range, page_size))
+        async for row_key in row_keys:
+            yield row_key
+
+    # -- the move of an archive's instance entries from before the split --------------------------------
+
+    async def instances_complete(self) -> bool:
+        """Whether the instance table holds every instance entry (one point read until it does)."""
+        if not self._complete:
+            self._complete = await self._instances.point_read(_MARKER_PARTITION, _COMPLETE, ["RowKey"]) is not None
+        return self._complete
+
+    async def mark_complete(self) -> None:
+        await self._instances.client.upsert_entity({"PartitionKey": _MARKER_PARTITION, "RowKey": _COMPLETE})
+        self._complete = True
+
+    async def move_instance_entries(self, partition: str) -> int:
+        """Move a page (up to 1,000) of ``partition``'s instance entries out of the lookup table; how many.
+
+        Copied first, then deleted: cut off in between, an entry is in both tables, which a
+        search reads as one, and the next move takes it again.
+        """
+        low = joined(partition, Level.INSTANCE.label, "")
+        query = "PartitionKey ge @low and PartitionKey lt @high"
+        entries = await self._studies_and_series.first_page(query, {"low": low, "high": low[:-1] + AFTER_SEPARATOR})
+        await self._instances.put(entries)
+        await self._studies_and_series.delete(entries)
+        return len(entries)
+
+
+async def _merged(first: AsyncIterator[str], second: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Two ascending streams of keys as one ascending stream, a key in both once."""
+    a, b = await anext(first, None), await anext(second, None)
+    while a is not None or b is not None:
+        if b is None or (a is not None and a <= b):
+            yield a
+            if a == b:
+                b = await anext(second, None)
+            a = await anext(first, None)
+        else:
+            yield b
+            b = await anext(second, None)

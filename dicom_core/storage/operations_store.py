@@ -84,7 +84,7 @@ class OperationStore(Table):
     async def create(self, record: OperationRecord) -> None:
         """The operation, then its pending row: a worker finds only operations that exist."""
         await self.client.create_entity(_entity(record))
-        await self.client.upsert_entity({"PartitionKey": PENDING_OPERATIONS_PARTITION, "RowKey": record.id})
+        await self.keep_pending(record.id)
 
     async def get(self, operation_id: str) -> OperationRecord | None:
         entity = await self.point_read(OPERATIONS_PARTITION, operation_id)
@@ -110,6 +110,10 @@ class OperationStore(Table):
         saved = await self.save(record)
         await self.client.delete_entity(PENDING_OPERATIONS_PARTITION, record.id)  # no error when it is gone
         return saved
+
+    async def keep_pending(self, operation_id: str) -> None:
+        """Write the pending row of an operation not finished (again: ``create`` may have died before it)."""
+        await self.client.upsert_entity({"PartitionKey": PENDING_OPERATIONS_PARTITION, "RowKey": operation_id})
 
     async def forget_pending(self, operation_id: str) -> None:
         """Drop the pending row of an operation that is finished or gone (a crash between the two writes)."""

@@ -123,9 +123,13 @@ class Table:
         self._table_url = f"{self._endpoint}/{client.table_name}"
         self._read_headers = {"x-ms-version": client.api_version, "DataServiceVersion": "3.0", "Accept": _MINIMAL_METADATA}
 
-    async def prepare(self) -> None:
-        with contextlib.suppress(ResourceExistsError):
+    async def prepare(self) -> bool:
+        """Create the table when missing; whether this call created it."""
+        try:
             await self.client.create_table()
+        except ResourceExistsError:
+            return False
+        return True
 
     async def point_read(self, partition_key: str, row_key: str, select: list[str] | None = None) -> TableEntity | None:
         """The entity at these keys (only the ``select`` columns), by one point read; None when there is none.

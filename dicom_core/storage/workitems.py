@@ -110,9 +110,10 @@ class WorkitemStore(Table):
         self.lost_races = 0  # writes refused because another writer changed the workitem first (tests read it)
         self.lookup = Lookup(service, table_prefix, name="workitemlookup")
 
-    async def prepare(self) -> None:
-        await super().prepare()
+    async def prepare(self) -> bool:
+        created = await super().prepare()
         await self.lookup.prepare()
+        return created
 
     async def get(self, partition: str, uid: str) -> WorkitemRecord | None:
         """One workitem by its UID (a point read), or None."""
