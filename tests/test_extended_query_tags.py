@@ -17,12 +17,17 @@ import pytest
 from dicom_core.dicom.extended_tags import LEVELS
 from dicom_core.events import run_operations
 from dicom_core.operations import jobs
+from dicom_core.operations import reconcile as reconcile_operation
+from dicom_core.operations import store as store_operation
+from dicom_core.operations.extended_tags import add_tags as add_tag_operation
+from dicom_core.operations.reconcile import ADDED, reconcile_path
 from dicom_core.services import Services
 from dicom_core.settings import Jobs, Settings
 from dicom_core.storage.lookup import partition_key
 from dicom_core.storage.lookup_plan import ValueRange
 from tests.dicom_files import new_instance
 from tests.server import docs_example, run_script, running_server
+from tests.test_reconcile import path_of, upload
 from tests.test_search import reads, store, uids_of
 
 PRIVATE_CREATOR = "ACME AI"
@@ -143,6 +148,39 @@ async def test_a_store_indexes_ready_tags_at_once_and_includefield_returns_them(
     assert len(await search(client, "/v2/instances", ProtocolName="Lung screening", PatientAge="06*")) == 1
     above = await client.get("/v2/studies", params={"ProtocolName": "Lung*"})
     assert above.status_code == 400 and "search /series instead" in above.json()["message"]
+
+
+@pytest.mark.parametrize("writer", [store_operation, reconcile_operation], ids=["store", "reconcile"])
+async def test_tags_added_while_a_store_is_under_way_find_its_instances(client, services, settings, monkeypatch, writer):
+    """The store (or reconcile) reads the registry, the tags are added and reindexed, then it writes all it writes."""
+    registry = writer.indexed_declarations
+
+    async def read_then_add_tags(writer_services: Services) -> list:
+        before = await registry(writer_services)
+        monkeypatch.setattr(writer, "indexed_declarations", registry)  # its later reads are plain
+        tags = [
+            {"path": "ProtocolName", "vr": "LO", "level": "Series"},
+            {"path": "SliceThickness", "vr": "DS", "level": "Instance"},
+            {"path": "PatientAge", "vr": "AS", "level": "Study"},
+        ]
+        await add_tag_operation(services, tags)
+        assert await run_operations(services) == 1  # nothing to reindex yet: Ready before the writes
+        return before
+
+    monkeypatch.setattr(writer, "indexed_declarations", read_then_add_tags)
+    data = new_instance(ProtocolName="Knee MR", SliceThickness="2.5", PatientAge="033Y")
+    if writer is store_operation:
+        await store(client, [data])
+    else:  # a file copied into the lake by hand
+        await upload(settings, path_of(services, data), data)
+        assert (await reconcile_path(services, path_of(services, data))).outcome == ADDED
+    study, series, sop = uids_of(data)
+    assert {tag["status"] for tag in (await client.get("/v2/extendedquerytags")).json()} == {"Ready"}
+    assert uid_values(await search(client, "/v2/series", ProtocolName="Knee*"), "0020000E") == [series]
+    assert uid_values(await search(client, "/v2/instances", SliceThickness="2.5"), "00080018") == [sop]
+    assert uid_values(await search(client, "/v2/studies", PatientAge="033Y"), "0020000D") == [study]
+    included = await search(client, "/v2/series", includefield="ProtocolName")
+    assert included[0]["00181030"]["Value"] == ["Knee MR"]
 
 
 async def test_a_private_tag_matches_only_in_the_block_of_its_private_creator(client, services):

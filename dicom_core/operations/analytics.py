@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from dicom_core.operations.reconcile import describe_file
+from dicom_core.operations.describing import describe_file
 from dicom_core.services import Services
 from dicom_core.storage import analytics_schema as schema
 from dicom_core.storage import connections

@@ -26,17 +26,21 @@ import logging
 import multiprocessing
 import os
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import BinaryIO
 
+from dicom_core.dicom.errors import InvalidInstance
 from dicom_core.dicom.extended_tags import TagDeclaration
 from dicom_core.dicom.structure import StructureLimits
 from dicom_core.local.lifetime import stop_with_parent
 from dicom_core.operations.indexing import DescribedInstance, describe_instance, structure_limits
+from dicom_core.services import Services
 from dicom_core.settings import Limits
+from dicom_core.storage.lake import LakeFile
 
 logger = logging.getLogger(__name__)
 _pools: dict[int, ProcessPoolExecutor] = {}
@@ -91,3 +95,16 @@ def _worker_started() -> None:
         parent = multiprocessing.parent_process()
         if parent is not None and os.getppid() != parent.pid:
             os._exit(0)
+
+
+async def describe_file(
+    services: Services, path: str, file: LakeFile, tags: Sequence[TagDeclaration] = ()
+) -> tuple[str | None, DescribedInstance | None]:
+    """(problem, None) for a file that is not a storable instance, else (None, its description with ``tags``)."""
+    with tempfile.SpooledTemporaryFile(max_size=services.settings.limits.spool_memory_bytes) as spool:
+        async for chunk in services.lake.stream(path, etag=file.etag):
+            spool.write(chunk)
+        try:
+            return None, await describe(spool, file.size, services.settings.limits, tags)
+        except InvalidInstance as invalid:
+            return f"not a storable DICOM instance: {invalid}", None

@@ -21,21 +21,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import tempfile
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from azure.core.exceptions import ResourceModifiedError
 
-from dicom_core.dicom.errors import InvalidInstance
-from dicom_core.dicom.extended_tags import TagDeclaration
 from dicom_core.dicom.levels import Level
 from dicom_core.errors import NotFound
 from dicom_core.operations.delete import delete, finish_all_interrupted, finish_interrupted
-from dicom_core.operations.describing import describe
+from dicom_core.operations.describing import describe_file
 from dicom_core.operations.extended_tags import indexed_declarations, record_tag_errors
-from dicom_core.operations.indexing import DescribedInstance, index_entries
+from dicom_core.operations.indexing import index_entries
+from dicom_core.operations.tag_jobs import index_tags_added_since
 from dicom_core.services import Services
 from dicom_core.storage.changefeed_store import Change
 from dicom_core.storage.errors import StorageContention
@@ -93,7 +91,8 @@ async def _converge(services: Services, key: InstanceKey, path: str, file: LakeF
     if existing is not None and existing.etag == file.etag:
         await services.changefeed.append([Change(key, path, file.etag)])
         return ReconcileResult(path, UNCHANGED, size=file.size)
-    problem, described = await describe_file(services, path, file, await indexed_declarations(services))
+    tags = await indexed_declarations(services)
+    problem, described = await describe_file(services, path, file, tags)
     if described is not None:
         parsed = described.parsed
         found = (parsed.study_uid, parsed.series_uid, parsed.sop_uid)
@@ -111,20 +110,8 @@ async def _converge(services: Services, key: InstanceKey, path: str, file: LakeF
     await services.index.record_stored(update)
     await record_tag_errors(services, key, described.tag_errors)
     await services.changefeed.append([Change(key, path, file.etag)])
+    await index_tags_added_since(services, tags, [record])
     return ReconcileResult(path, ADDED if existing is None else REFRESHED, size=file.size)
-
-
-async def describe_file(
-    services: Services, path: str, file: LakeFile, tags: Sequence[TagDeclaration] = ()
-) -> tuple[str | None, DescribedInstance | None]:
-    """(problem, None) for a file that is not a storable instance, else (None, its description with ``tags``)."""
-    with tempfile.SpooledTemporaryFile(max_size=services.settings.limits.spool_memory_bytes) as spool:
-        async for chunk in services.lake.stream(path, etag=file.etag):
-            spool.write(chunk)
-        try:
-            return None, await describe(spool, file.size, services.settings.limits, tags)
-        except InvalidInstance as invalid:
-            return f"not a storable DICOM instance: {invalid}", None
 
 
 async def _drop_entry(services: Services, key: InstanceKey) -> None:

@@ -45,6 +45,7 @@ from dicom_core.operations.delete import finish_rows
 from dicom_core.operations.describing import describe
 from dicom_core.operations.extended_tags import indexed_declarations, record_tag_errors
 from dicom_core.operations.indexing import index_entries
+from dicom_core.operations.tag_jobs import index_tags_added_since
 from dicom_core.services import Services
 from dicom_core.storage.changefeed_store import Change
 from dicom_core.storage.delete_journal import DeleteMarker
@@ -194,6 +195,7 @@ async def store_instances(services: Services, request: StoreRequest, parts: Asyn
         # Only now, once announced: a delete that begins later finds the instances in the feed (docs/reliability.md).
         while raced := await deletes.raced():
             await _announce_and_count(services, await deletes.settle(raced, touched), settled=True)
+        await index_tags_added_since(services, tags, [p.record for _, p in entities.indexed if not p.withdrawn])
     except STORAGE_FAILURES as error:
         raise StorageUnavailable(describe_failure("updating the study and series index entries", error)) from error
 

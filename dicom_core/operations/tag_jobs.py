@@ -22,10 +22,10 @@ from dataclasses import replace
 
 from dicom_core.dicom.extended_tags import TagDeclaration
 from dicom_core.dicom.levels import Level
-from dicom_core.operations.extended_tags import ADDING, READY, record_tag_errors
+from dicom_core.operations.describing import describe_file
+from dicom_core.operations.extended_tags import ADDING, READY, indexed_declarations, record_tag_errors
 from dicom_core.operations.indexing import extended_values
 from dicom_core.operations.jobs import Progress
-from dicom_core.operations.reconcile import describe_file
 from dicom_core.services import Services
 from dicom_core.storage.extended_tags_store import TagChanged
 from dicom_core.storage.lake import FileMissing
@@ -58,50 +58,12 @@ class ReindexTags:
         after = InstanceKey(*checkpoint["after"]) if checkpoint.get("after") else None
         size = services.settings.jobs.batch_size
         batch = await services.index.instances_after(after, size)
-        await self._index(services, batch, tags)
+        await index_tags(services, batch, tags)
         if batch:
             last = batch[-1].key
             checkpoint = {"after": [last.partition, last.study, last.series, last.sop]}
         done = operation.done + len(batch)
         return Progress(checkpoint, done, max(total, done), finished=len(batch) < size)
-
-    async def _index(self, services: Services, batch: list[InstanceRecord], tags: list[TagDeclaration]) -> None:
-        instances: dict[InstanceKey, dict] = {}
-        above: dict[tuple[Level, str, tuple[str, ...]], dict] = {}  # the last instance of a study or series wins
-        errors: list[tuple[str, InstanceKey, str]] = []
-        for record, metadata in zip(batch, await asyncio.gather(*(_metadata(services, r) for r in batch)), strict=True):
-            if metadata is None:
-                continue  # the file went with its JSON too large for the index: nothing to index
-            key = record.key
-            values, problems = extended_values(metadata, tags)
-            errors += [(path, key, message) for path, message in problems]
-            if values[Level.INSTANCE]:
-                instances[key] = values[Level.INSTANCE]
-            for level, path in ((Level.STUDY, (key.study,)), (Level.SERIES, (key.study, key.series))):
-                if values[level]:
-                    above[(level, key.partition, path)] = values[level]
-        entries = [
-            entry
-            for key, elements in instances.items()
-            for entry in level_entries(key.partition, Level.INSTANCE, (key.study, key.series, key.sop), elements)
-        ]
-        for (level, partition, path), elements in above.items():
-            entries += level_entries(partition, level, path, elements)
-        await services.index.lookup.put(entries)  # entries first, as stores write them: a value is never unfindable
-        slots = asyncio.Semaphore(_WRITES_IN_FLIGHT)
-
-        async def add(level: Level, partition: str, path: tuple[str, ...], elements: dict) -> None:
-            async with slots:
-                await services.index.add_attributes(level, partition, path, elements)
-
-        writes = [add(Level.INSTANCE, k.partition, (k.study, k.series, k.sop), e) for k, e in instances.items()]
-        writes += [add(level, partition, path, elements) for (level, partition, path), elements in above.items()]
-        await asyncio.gather(*writes)
-        by_instance: dict[InstanceKey, list[tuple[str, str]]] = {}
-        for path, key, message in errors:
-            by_instance.setdefault(key, []).append((path, message))
-        for key, problems in by_instance.items():
-            await record_tag_errors(services, key, problems)
 
     async def completed(self, services: Services, operation: OperationRecord) -> None:
         """The operation's tags become Ready (searchable); one changed meanwhile is read again."""
@@ -117,6 +79,67 @@ class ReindexTags:
                 return
             except TagChanged:
                 continue
+
+
+async def index_tags(services: Services, batch: list[InstanceRecord], tags: list[TagDeclaration]) -> None:
+    """Index ``tags`` for the instances of ``batch``, as a reindex step does (and a store, for tags added meanwhile).
+
+    The lookup entries first, then the values in the instance, series and study entities, then
+    the values that do not fit a tag's VR as the tag's errors.
+    """
+    instances: dict[InstanceKey, dict] = {}
+    above: dict[tuple[Level, str, tuple[str, ...]], dict] = {}  # the last instance of a study or series wins
+    errors: list[tuple[str, InstanceKey, str]] = []
+    for record, metadata in zip(batch, await asyncio.gather(*(_metadata(services, r) for r in batch)), strict=True):
+        if metadata is None:
+            continue  # the file went with its JSON too large for the index: nothing to index
+        key = record.key
+        values, problems = extended_values(metadata, tags)
+        errors += [(path, key, message) for path, message in problems]
+        if values[Level.INSTANCE]:
+            instances[key] = values[Level.INSTANCE]
+        for level, path in ((Level.STUDY, (key.study,)), (Level.SERIES, (key.study, key.series))):
+            if values[level]:
+                above[(level, key.partition, path)] = values[level]
+    entries = [
+        entry
+        for key, elements in instances.items()
+        for entry in level_entries(key.partition, Level.INSTANCE, (key.study, key.series, key.sop), elements)
+    ]
+    for (level, partition, path), elements in above.items():
+        entries += level_entries(partition, level, path, elements)
+    await services.index.lookup.put(entries)  # entries first, as stores write them: a value is never unfindable
+    slots = asyncio.Semaphore(_WRITES_IN_FLIGHT)
+
+    async def add(level: Level, partition: str, path: tuple[str, ...], elements: dict) -> None:
+        async with slots:
+            await services.index.add_attributes(level, partition, path, elements)
+
+    writes = [add(Level.INSTANCE, k.partition, (k.study, k.series, k.sop), e) for k, e in instances.items()]
+    writes += [add(level, partition, path, elements) for (level, partition, path), elements in above.items()]
+    await asyncio.gather(*writes)
+    by_instance: dict[InstanceKey, list[tuple[str, str]]] = {}
+    for path, key, message in errors:
+        by_instance.setdefault(key, []).append((path, message))
+    for key, problems in by_instance.items():
+        await record_tag_errors(services, key, problems)
+
+
+async def index_tags_added_since(services: Services, tags: list[TagDeclaration], stored: list[InstanceRecord]) -> None:
+    """Index for ``stored`` the extended query tags added since the registry read ``tags``.
+
+    A tag's reindex walks the instance entities there once the tag is added. A store (or a
+    reconcile) reads the registry before it writes its entities and its series' and study's
+    attributes, so a tag added meanwhile may have found none of them, or had its values
+    overwritten by them. So it reads the registry again once all of it is written: a tag
+    this read finds and the first did not was added meanwhile, and the instances are indexed
+    for it here, as the reindex would; a tag added after this read finds everything in place.
+    """
+    if not stored:
+        return
+    added = [tag for tag in await indexed_declarations(services) if tag not in tags]
+    if added:
+        await index_tags(services, stored, added)
 
 
 async def _metadata(services: Services, record: InstanceRecord) -> dict | None:
