@@ -8,8 +8,6 @@ holds is read with the service's own lake adapter; the analytics tables with del
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 import time
 
 import httpx
@@ -20,14 +18,13 @@ from pydicom.uid import generate_uid
 
 from dicom_core.dicom.update import UPDATABLE
 from dicom_core.events import run_operations
-from dicom_core.local.azurite import REPOSITORY_ROOT
 from dicom_core.operations.analytics import open_tables, sync
 from dicom_core.operations.check import check
 from dicom_core.operations.reconcile import contract_files, reindex
 from dicom_core.services import Services
 from dicom_core.storage.layout import InstanceKey
 from tests.dicom_files import minimal_instance, multipart, new_instance, preamble_zeroed, stow_headers
-from tests.environments import server_environment
+from tests.operations_crash import kill_operations_worker
 from tests.server import running_server
 from tests.test_analytics import read, rows_by_sop
 from tests.test_export import lake_file
@@ -363,13 +360,7 @@ async def test_an_update_killed_mid_way_resumes_and_leaves_every_instance_update
     feed_before = (await client.get("/v2/changefeed/latest")).json()["Sequence"]
     response = await start(client, [study], RIGHT)
     assert response.status_code == 202
-    killed = subprocess.run(
-        [sys.executable, "-m", "tests.operations_crash", kill_at],
-        cwd=REPOSITORY_ROOT, env=server_environment(settings) | {"DICOM_OPERATION_LEASE_SECONDS": "1"},
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    time.sleep(1.2)  # the dead worker's lease runs out
+    kill_operations_worker(settings, kill_at)
     assert await run_operations(services, owner="survivor") == 1
     done = await operation(client, response.json()["id"])
     assert done["status"] == "completed" and done["results"]["instanceUpdated"] == 4, done

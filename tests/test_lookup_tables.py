@@ -7,10 +7,6 @@ open the service over it as a new process would.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
-
 import httpx
 import pytest
 from azure.data.tables.aio import TableClient
@@ -19,14 +15,13 @@ from pydicom.uid import generate_uid
 from dicom_core.dicom.levels import Level
 from dicom_core.events import run_operations
 from dicom_core.http.app import create_app
-from dicom_core.local.azurite import REPOSITORY_ROOT
 from dicom_core.operations.check import check
 from dicom_core.operations.lookup_move import MOVE_OPERATION_ID, start_if_needed
 from dicom_core.services import Services
 from dicom_core.settings import DEFAULT_PARTITION, Settings
 from dicom_core.storage.lookup import partition_key
 from tests.dicom_files import new_instance, uids
-from tests.environments import server_environment
+from tests.operations_crash import kill_operations_worker
 from tests.test_search import store
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -162,13 +157,7 @@ async def test_a_move_killed_midway_is_finished_by_the_next_worker(client, servi
     """SIGKILL after a page's copy and before its delete, and between two pages: the next worker completes the move."""
     await store(client, [new_instance(patient_id=f"P{n % 3}", InstanceNumber=n) for n in range(40)])
     moved = await make_legacy(settings)
-    killed = subprocess.run(
-        [sys.executable, "-m", "tests.operations_crash", kill_at],
-        cwd=REPOSITORY_ROOT, env=server_environment(settings) | {"DICOM_OPERATION_LEASE_SECONDS": "1"},
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    time.sleep(1.2)  # the dead worker's lease runs out
+    kill_operations_worker(settings, kill_at)
     survivor = await Services.open(settings)
     try:
         assert not await survivor.index.lookup.instances_complete()
