@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from urllib.parse import unquote
 
 from azure.data.tables import UpdateMode
@@ -103,6 +103,16 @@ def parse_row_key(row_key: str) -> tuple[str, bool, tuple[str, ...]]:
     return unquote(encoded), may_be_cut(encoded), tuple(path)
 
 
+def _transactions(entries: Iterable[tuple[str, str]]) -> Iterator[tuple[str, list[str]]]:
+    """Entries (each once) as the RowKeys of one PartitionKey, at most 100 at a time: a transaction each."""
+    by_partition: dict[str, list[str]] = defaultdict(list)
+    for pk, rk in dict.fromkeys(entries):
+        by_partition[pk].append(rk)
+    for pk, row_keys in by_partition.items():
+        for start in range(0, len(row_keys), MAX_TRANSACTION_OPERATIONS):
+            yield pk, row_keys[start : start + MAX_TRANSACTION_OPERATIONS]
+
+
 class Lookup(Table):
     """The ``{prefix}lookup`` table (or another table of lookup entries: ``name``)."""
 
@@ -111,14 +121,7 @@ class Lookup(Table):
 
     async def put(self, entries: Iterable[tuple[str, str]]) -> None:
         """Upsert entries: one transaction per PartitionKey and 100 entries, all partitions at once."""
-        by_partition: dict[str, list[str]] = defaultdict(list)
-        for pk, rk in dict.fromkeys(entries):
-            by_partition[pk].append(rk)
-        writes = []
-        for pk, row_keys in by_partition.items():
-            for start in range(0, len(row_keys), MAX_TRANSACTION_OPERATIONS):
-                writes.append(self._write(pk, row_keys[start : start + MAX_TRANSACTION_OPERATIONS]))
-        await asyncio.gather(*writes)
+        await asyncio.gather(*(self._write(pk, row_keys) for pk, row_keys in _transactions(entries)))
 
     async def _write(self, pk: str, row_keys: list[str]) -> None:
         if len(row_keys) == 1:
@@ -152,13 +155,8 @@ class Lookup(Table):
 
     async def delete(self, entries: Iterable[tuple[str, str]]) -> None:
         """Delete entries known to exist: one transaction per PartitionKey and 100 entries."""
-        by_partition: dict[str, list[str]] = defaultdict(list)
-        for pk, rk in dict.fromkeys(entries):
-            by_partition[pk].append(rk)
-        for pk, row_keys in by_partition.items():
-            for start in range(0, len(row_keys), MAX_TRANSACTION_OPERATIONS):
-                batch = row_keys[start : start + MAX_TRANSACTION_OPERATIONS]
-                await self.submit([("delete", {"PartitionKey": pk, "RowKey": rk}) for rk in batch])
+        for pk, row_keys in _transactions(entries):
+            await self.submit([("delete", {"PartitionKey": pk, "RowKey": rk}) for rk in row_keys])
 
     async def scan(self, pk: str, value_range: ValueRange, page_size: int) -> AsyncIterator[str]:
         """The RowKeys of one partition whose values are in ``value_range``, in RowKey order."""
