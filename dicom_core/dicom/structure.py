@@ -49,19 +49,42 @@ class StructureLimits:
     max_inflated_bytes: int = 256 * 1024**2  # size of a deflated data set once inflated
 
 
-@dataclass
+_IMPLICIT_HEADER = {True: struct.Struct("<HHL"), False: struct.Struct(">HHL")}  # tag, 4-byte length
+_EXPLICIT_HEADER = {True: struct.Struct("<HH2sH"), False: struct.Struct(">HH2sH")}  # tag, VR, 2-byte length
+_LONG_LENGTH = {True: struct.Struct("<L"), False: struct.Struct(">L")}
+
+
 class _Scan:
-    fp: BinaryIO
-    little: bool
-    implicit: bool
-    limits: StructureLimits
-    elements: int = 0
+    """A walk over the element headers of a data set that starts at ``position`` of a ``size``-byte file.
+
+    It keeps its own position and reads each header with one read (two for a 4-byte length
+    after a VR): a scan of a CT header reads hundreds of headers, and every call counts.
+    """
+
+    def __init__(
+        self, fp: BinaryIO | _InflatedReader, position: int, size: int, little: bool, implicit: bool, limits: StructureLimits
+    ) -> None:
+        self._read = fp.read
+        self._seek = fp.seek
+        self.position = position
+        self.size = size
+        self.implicit = implicit
+        self.limits = limits
+        self.elements = 0
+        self._implicit_header = _IMPLICIT_HEADER[little]
+        self._explicit_header = _EXPLICIT_HEADER[little]
+        self._long_length = _LONG_LENGTH[little]
 
     def read(self, count: int) -> bytes:
-        data = self.fp.read(count)
+        data = self._read(count)
         if len(data) < count:
             raise InvalidInstance("the file is truncated: an element header runs past the end of the file")
+        self.position += count
         return data
+
+    def skip_to(self, position: int) -> None:
+        self._seek(position)
+        self.position = position
 
     def count(self) -> None:
         self.elements += 1
@@ -71,29 +94,25 @@ class _Scan:
             )
 
     def tag_and_length(self) -> tuple[int, bytes | None, int]:
-        endian = "<" if self.little else ">"
-        group, element = struct.unpack(endian + "HH", self.read(4))
-        tag = (group << 16) | element
-        if group == 0xFFFE:  # items and delimiters: always implicit form (PS3.5 7.5)
-            return tag, None, struct.unpack(endian + "L", self.read(4))[0]
-        if self.implicit:
-            return tag, None, struct.unpack(endian + "L", self.read(4))[0]
-        vr = self.read(2)
+        header = self.read(_ELEMENT_HEADER)
+        group, element, length = self._implicit_header.unpack(header)
+        if self.implicit or group == 0xFFFE:  # items and delimiters: always implicit form (PS3.5 7.5)
+            return (group << 16) | element, None, length
+        _, _, vr, length = self._explicit_header.unpack(header)
         if vr in _LONG_LENGTH_VRS:
-            self.read(2)
-            return tag, vr, struct.unpack(endian + "L", self.read(4))[0]
+            return (group << 16) | element, vr, self._long_length.unpack(self.read(4))[0]
         if vr not in _SHORT_LENGTH_VRS:
             raise InvalidInstance(f"element ({group:04X},{element:04X}) has the unknown VR {vr!r} (PS3.5 6.2)")
-        return tag, vr, struct.unpack(endian + "H", self.read(2))[0]
+        return (group << 16) | element, vr, length
 
     def dataset(self, end: int | None, depth: int) -> None:
         """Scan elements until ``end`` (or an item delimiter when ``end`` is None)."""
         if depth > _MAX_DEPTH:
             raise InvalidInstance(f"sequences are nested more than {_MAX_DEPTH} deep")
-        while end is None or self.fp.tell() < end:
-            if end is None and not self.fp.peek_available():
+        while end is None or self.position < end:
+            if end is None and self.position >= self.size:
                 raise InvalidInstance("the file is truncated inside a sequence item of undefined length")
-            if depth == 0 and end is not None and end - self.fp.tell() < _ELEMENT_HEADER:
+            if depth == 0 and end is not None and end - self.position < _ELEMENT_HEADER:
                 return  # a few stray bytes after the last element: pydicom stops there too
             tag, vr, length = self.tag_and_length()
             if tag == _ITEM_DELIMITER and end is None:
@@ -110,15 +129,15 @@ class _Scan:
                 raise InvalidInstance(
                     f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) has an undefined length but is not a sequence"
                 )
-            value_end = self.fp.tell() + length
-            if value_end > self.fp.size:
+            value_end = self.position + length
+            if value_end > self.size:
                 raise InvalidInstance(
                     f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) declares {length} bytes but the file ends "
-                    f"{self.fp.size - self.fp.tell()} bytes after its header"
+                    f"{self.size - self.position} bytes after its header"
                 )
             if is_sequence:
                 self.sequence(value_end, depth)
-            self.fp.seek(value_end)
+            self.skip_to(value_end)
 
     def fragments(self) -> None:
         """Skip the items of encapsulated pixel data up to its sequence delimiter (PS3.5 A.4)."""
@@ -130,12 +149,12 @@ class _Scan:
                 raise InvalidInstance(
                     f"encapsulated Pixel Data holds ({tag >> 16:04X},{tag & 0xFFFF:04X}) where a fragment must be"
                 )
-            if self.fp.tell() + length > self.fp.size:
+            if self.position + length > self.size:
                 raise InvalidInstance("an encapsulated Pixel Data fragment runs past the end of the file")
-            self.fp.seek(self.fp.tell() + length)
+            self.skip_to(self.position + length)
 
     def sequence(self, end: int | None, depth: int) -> None:
-        while end is None or self.fp.tell() < end:
+        while end is None or self.position < end:
             tag, _, length = self.tag_and_length()
             if tag == _SEQUENCE_DELIMITER:
                 if end is None:
@@ -147,11 +166,11 @@ class _Scan:
             if length == _UNDEFINED:
                 self.dataset(None, depth + 1)
             else:
-                item_end = self.fp.tell() + length
-                if item_end > self.fp.size:
+                item_end = self.position + length
+                if item_end > self.size:
                     raise InvalidInstance("a sequence item declares more bytes than the file holds")
                 self.dataset(item_end, depth + 1)
-                self.fp.seek(item_end)
+                self.skip_to(item_end)
 
 
 def _dictionary_vr(tag: int) -> str | None:
@@ -161,40 +180,19 @@ def _dictionary_vr(tag: int) -> str | None:
         return None
 
 
-class _SizedReader:
-    """A file with its size known and a way to ask whether bytes remain."""
-
-    def __init__(self, fp: BinaryIO, size: int) -> None:
-        self._fp = fp
-        self.size = size
-
-    def read(self, count: int) -> bytes:
-        return self._fp.read(count)
-
-    def seek(self, offset: int) -> None:
-        self._fp.seek(offset)
-
-    def tell(self) -> int:
-        return self._fp.tell()
-
-    def peek_available(self) -> bool:
-        return self._fp.tell() < self.size
-
-
 class _InflatedReader:
     """The inflated data set of a deflated file as a forward-only file, holding one chunk at a time.
 
-    ``size`` is the inflated size (from the first pass); seeking forward inflates and discards.
+    Seeking forward inflates and discards.
     """
 
-    def __init__(self, fp: BinaryIO, start: int, size: int) -> None:
+    def __init__(self, fp: BinaryIO, start: int) -> None:
         fp.seek(start)
         self._fp = fp
         self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         self._buffer = b""
         self._offset = 0  # of the next byte in _buffer
         self._base = 0  # position in the inflated data set of _buffer[0]
-        self.size = size
 
     def _inflate(self) -> bool:
         """Replace the consumed part of the buffer with more inflated bytes; False at the end."""
@@ -219,12 +217,6 @@ class _InflatedReader:
             if not self._inflate():
                 return
         self._offset = offset - self._base
-
-    def tell(self) -> int:
-        return self._base + self._offset
-
-    def peek_available(self) -> bool:
-        return self.tell() < self.size
 
 
 def meta_end(fp: BinaryIO, size: int) -> tuple[int, str]:
@@ -252,19 +244,18 @@ def check_structure(fp: BinaryIO, size: int, limits: StructureLimits) -> None:
     """Refuse files whose structure would make parsing unbounded (see the module docstring)."""
     start, transfer_syntax = meta_end(fp, size)
     if transfer_syntax in DEFLATED_SYNTAXES:
-        reader: _SizedReader | _InflatedReader = _InflatedReader(fp, start, _inflated_size(fp, start, limits))
-        little, implicit = True, False
-    else:
-        little = transfer_syntax != "1.2.840.10008.1.2.2"
-        implicit = transfer_syntax == "1.2.840.10008.1.2"
-        if not implicit and start + 6 <= size:
-            # Some writers use implicit VR whatever the meta says: trust the bytes, as pydicom does.
-            fp.seek(start + 4)
-            vr = fp.read(2)
-            implicit = not (vr.isalpha() and vr.isupper())
-        fp.seek(start)
-        reader = _SizedReader(fp, size)
-    _Scan(reader, little, implicit, limits).dataset(reader.size, depth=0)
+        inflated_size = _inflated_size(fp, start, limits)
+        _Scan(_InflatedReader(fp, start), 0, inflated_size, True, False, limits).dataset(inflated_size, depth=0)
+        return
+    little = transfer_syntax != "1.2.840.10008.1.2.2"
+    implicit = transfer_syntax == "1.2.840.10008.1.2"
+    if not implicit and start + 6 <= size:
+        # Some writers use implicit VR whatever the meta says: trust the bytes, as pydicom does.
+        fp.seek(start + 4)
+        vr = fp.read(2)
+        implicit = not (vr.isalpha() and vr.isupper())
+    fp.seek(start)
+    _Scan(fp, start, size, little, implicit, limits).dataset(size, depth=0)
 
 
 def _inflated_size(fp: BinaryIO, start: int, limits: StructureLimits) -> int:
