@@ -15,7 +15,7 @@ import pytest
 from azure.core.exceptions import HttpResponseError, ResourceModifiedError
 
 from dicom_core.settings import Connection
-from dicom_core.storage.connections import TRANSFER_BLOCK_BYTES, blob_service
+from dicom_core.storage.connections import READ_CHUNK_BYTES, TRANSFER_BLOCK_BYTES, blob_service
 from dicom_core.storage.lake import FileChanged, FileMissing, InstanceExists, Lake
 from dicom_core.storage.tables import RequestStatistics
 
@@ -77,8 +77,12 @@ async def test_a_file_larger_than_one_block_is_written_in_blocks_and_read_in_one
     written = await lake.write(PATH, BytesIO(content), len(content), overwrite=False)
     assert statistics.lake_requests == 3  # two Put Block and a Put Block List
     statistics.reset()
-    assert b"".join([chunk async for chunk in lake.stream(PATH, etag=written.etag)]) == content
+    chunks = [chunk async for chunk in lake.stream(PATH, etag=written.etag)]
+    assert b"".join(chunks) == content
     assert statistics.lake_requests == 1
+    # Chunks of up to READ_CHUNK_BYTES, not the SDK's default 4 KiB (over a thousand chunks for this file).
+    assert max(len(chunk) for chunk in chunks) <= READ_CHUNK_BYTES
+    assert len(chunks) < len(content) // 4096 // 4
 
 
 async def test_reads_conditional_on_an_etag_and_of_missing_files(lake):

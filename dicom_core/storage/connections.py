@@ -16,6 +16,12 @@ from dicom_core.storage.tables import RequestStatistics, lake_hooks, table_hooks
 _PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 
 
+# A streamed read (storage/lake.py) yields the bytes of a Get Blob in chunks of at most this size. The
+# SDK's default is 4 KiB: a 513 KB frame then went through the server in 128 chunks, and at 64 KiB its
+# CPU per frame fell by a quarter (4.3 to 3.2 ms, 300 frames, 10 in flight); 256 KiB gained nothing more.
+READ_CHUNK_BYTES = 64 * 1024
+
+
 def _transport() -> AioHttpTransport:
     """The HTTP transport of one client.
 
@@ -24,7 +30,7 @@ def _transport() -> AioHttpTransport:
     with py-spy). So the environment is trusted only when a proxy is configured.
     """
     proxied = any(os.environ.get(name) or os.environ.get(name.lower()) for name in _PROXY_VARIABLES)
-    return AioHttpTransport(use_env_settings=proxied)
+    return AioHttpTransport(use_env_settings=proxied, connection_data_block_size=READ_CHUNK_BYTES)
 
 
 def credential(connection: Connection) -> AsyncTokenCredential:
