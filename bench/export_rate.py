@@ -9,13 +9,12 @@ Copy Blob, 16 at a time as the export does, to a third container. Both rates are
 from __future__ import annotations
 
 import asyncio
-import sys
 from datetime import UTC, datetime, timedelta
 
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 from azure.storage.blob.aio import BlobServiceClient
 
-from bench.in_process import gathered, in_process_service, store_archive
+from bench.in_process import archive_size, gathered, in_process_service, store_archive
 from dicom_core.events import run_operations
 from dicom_core.local import azurite
 from dicom_core.services import Services
@@ -67,5 +66,4 @@ async def main(studies: int, per_study: int) -> None:
 
 
 if __name__ == "__main__":
-    arguments = [int(value) for value in sys.argv[1:3]]
-    asyncio.run(main(*(arguments + [300, 2][len(arguments) :])))
+    asyncio.run(main(*archive_size(__doc__, 300, 2)))

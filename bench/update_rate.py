@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import sys
 from datetime import timedelta
 
 from azure.storage.blob import BlobBlock
 from azure.storage.blob.aio import BlobServiceClient
 
-from bench.in_process import gathered, in_process_service, store_archive
+from bench.in_process import archive_size, gathered, in_process_service, store_archive
 from dicom_core.events import run_operations
 from dicom_core.services import Services
 
@@ -72,5 +71,4 @@ async def main(studies: int, per_study: int) -> None:
 
 
 if __name__ == "__main__":
-    arguments = [int(value) for value in sys.argv[1:3]]
-    asyncio.run(main(*(arguments + [20, 50][len(arguments) :])))
+    asyncio.run(main(*archive_size(__doc__, 20, 50)))
