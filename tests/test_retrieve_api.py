@@ -19,6 +19,7 @@ from pydicom.uid import generate_uid
 
 from dicom_core.http.app import create_app
 from dicom_core.http.media_types import MediaType
+from dicom_core.http.multipart_response import BUFFERED_BODY_BYTES
 from dicom_core.operations.retrieve import instances as retrieve_operation
 from dicom_core.operations.retrieve import streams as retrieve_streams
 from dicom_core.operations.retrieve.reading import ReadAhead
@@ -84,6 +85,25 @@ async def test_responses_start_before_the_last_file_is_read(client, services, mo
     bodies = [b"".join([chunk async for chunk in first.chunks])]
     bodies += [b"".join([chunk async for chunk in part.chunks]) async for part in parts]
     assert sorted(bodies) == sorted(preamble_zeroed(data) for data in instances) and len(opened) == len(instances)
+
+
+async def test_a_small_answer_is_sent_whole_and_a_large_one_streams(client):
+    """A body that ends within BUFFERED_BODY_BYTES goes out with a Content-Length; a larger one is streamed."""
+    small, large = new_instance(), new_instance(template="eCT_Supplemental.dcm")
+    await store(client, [small, large])
+    assert len(small) < BUFFERED_BODY_BYTES < len(large)
+    for url, accept in (
+        (instance_url(small), "application/dicom; transfer-syntax=*"),
+        (instance_url(small), AS_STORED),
+        (f"{instance_url(small)}/frames/1", FRAMES),
+        (f"{instance_url(small)}/metadata", "application/dicom+json"),
+    ):
+        response = await client.get(url, headers={"Accept": accept})
+        assert response.status_code == 200 and response.headers["content-length"] == str(len(response.content)), url
+    for accept in ("application/dicom; transfer-syntax=*", AS_STORED):
+        response = await client.get(instance_url(large), headers={"Accept": accept})
+        assert response.status_code == 200 and "content-length" not in response.headers
+        assert preamble_zeroed(large) in response.content
 
 
 async def test_transfer_syntaxes_of_instances(client):

@@ -1,7 +1,7 @@
 """WADO-RS routes (PS3.18 10.4): instances, metadata, frames, bulk data, rendered images, thumbnails.
 
 Each route declares the representations it offers and negotiates once (http/negotiation.py,
-PS3.18 8.7); the operation is handed the result. Bodies stream (multipart_response.py).
+PS3.18 8.7); the operation is handed the result. Bodies stream, and a small one is sent whole (multipart_response.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dicom_core.dicom.transcode import HTJ2K_LOSSLESS, JPEG_2000_LOSSLESS
 from dicom_core.errors import BadRequest, RangeNotSatisfiable
 from dicom_core.http.context import base_url, scope_of, services_for
 from dicom_core.http.media_types import DICOM, DICOM_JSON, JSON, MULTIPART_RELATED, OCTET_STREAM, ZIP
-from dicom_core.http.multipart_response import multipart_response, zip_response
+from dicom_core.http.multipart_response import body_response, multipart_response, zip_response
 from dicom_core.http.negotiation import Offer, choose, multipart_offer, negotiate
 from dicom_core.http.routing import Route
 from dicom_core.operations.retrieve.bulkdata import retrieve_bulk_data
@@ -70,8 +70,8 @@ async def get_instances(request: Request) -> Response:
         return zip_response(parts, f"{name}.zip")
     if media_type == DICOM:
         part = await anext(parts)
-        return StreamingResponse(part.chunks, media_type=f"{DICOM}; transfer-syntax={part.transfer_syntax}")
-    return multipart_response(parts, DICOM)
+        return await body_response(part.chunks, f"{DICOM}; transfer-syntax={part.transfer_syntax}")
+    return await multipart_response(parts, DICOM)
 
 
 # -- metadata ----------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ async def get_metadata(request: Request) -> Response:
     if _matches(request.headers.get("if-none-match"), metadata.etag):
         await metadata.body.aclose()
         return Response(status_code=304, headers=headers)
-    return StreamingResponse(metadata.body, media_type=media_type, headers=headers)
+    return await body_response(metadata.body, media_type, headers)
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:
@@ -155,7 +155,7 @@ async def get_frames(request: Request) -> Response:
         return FrameRendition(choice.offer.part_type or NATIVE_MEDIA_TYPE, choice.transfer_syntax or AS_STORED)
 
     chosen, parts = await retrieve_frames(services, key, numbers, rendition)
-    return multipart_response(parts, chosen.media_type)
+    return await multipart_response(parts, chosen.media_type)
 
 
 # -- bulk data ---------------------------------------------------------------------------------
@@ -196,7 +196,7 @@ async def get_bulk_data(request: Request) -> Response:
     chunks = await bulk_data.open(start, end)
     status = 206 if selected else 200
     if accepted == MULTIPART_RELATED:
-        return multipart_response(iterate([Part(OCTET_STREAM, None, chunks)]), OCTET_STREAM)
+        return await multipart_response(iterate([Part(OCTET_STREAM, None, chunks)]), OCTET_STREAM)
     headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start)}
     if selected:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{bulk_data.size}"
