@@ -8,6 +8,7 @@ whatever the way out (SIGKILL included), so it never outlives the server or the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -124,13 +125,9 @@ def start(
         heap = f"--max-old-space-size={_half_the_memory_mib()}"
         environment["NODE_OPTIONS"] = f"{environment.get('NODE_OPTIONS', '')} {heap}".strip()
     before_exec = stop_with_parent if sys.platform == "linux" else None
-    if log_file:
-        with open(log_file, "ab") as output:  # the child keeps its own copy of the descriptor
-            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, preexec_fn=before_exec, env=environment)
-    else:
-        process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=before_exec, env=environment
-        )
+    # The child keeps its own copy of the log file's descriptor.
+    with open(log_file, "ab") if log_file else contextlib.nullcontext(subprocess.DEVNULL) as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, preexec_fn=before_exec, env=environment)
     deadline = time.monotonic() + timeout
     for port in (blob_port, queue_port, table_port):
         while True:
