@@ -25,7 +25,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from bench.process import BenchmarkError
-from bench.stow import multipart_body
+from bench.stow import multipart_body, multipart_content_type
 from dicom_core.http.app import create_app
 from dicom_core.local import azurite
 from dicom_core.services import Services
@@ -78,7 +78,7 @@ async def store_archive(client: httpx.AsyncClient, studies: int, per_study: int,
             response = await client.post(
                 "/v2/studies",
                 content=b"".join(body),
-                headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
+                headers={"Content-Type": multipart_content_type(boundary)},
             )
             if response.status_code != 200:
                 raise BenchmarkError(f"storing the archive gave HTTP {response.status_code}: {response.text[:500]}")

@@ -49,6 +49,11 @@ def multipart_body(paths: list[Path], boundary: str) -> tuple[int, Iterator[byte
     return length, stream()
 
 
+def multipart_content_type(boundary: str) -> str:
+    """The Content-Type of a ``multipart_body`` with ``boundary``."""
+    return f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
 def store_series(http: httpx.Client, base_url: str, corpus: Corpus, series: Series) -> None:
     """Store one series with one STOW-RS request; raise BenchmarkError unless every instance is stored."""
     boundary = f"dicom-bench-{uuid.uuid4().hex}"
@@ -57,7 +62,7 @@ def store_series(http: httpx.Client, base_url: str, corpus: Corpus, series: Seri
         f"{base_url}/studies",
         content=body,
         headers={
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Content-Type": multipart_content_type(boundary),
             "Content-Length": str(length),
             "Accept": "application/dicom+json",
         },
