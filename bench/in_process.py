@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from bench.process import BenchmarkError
-from bench.stow import multipart_body, multipart_content_type
+from bench.stow import multipart_body
 from dicom_core.http.app import create_app
 from dicom_core.local import azurite
 from dicom_core.services import Services
@@ -73,13 +72,8 @@ async def store_archive(client: httpx.AsyncClient, studies: int, per_study: int,
                 paths.append(Path(folder, f"{len(paths)}.dcm"))
                 dataset.save_as(paths[-1], enforce_file_format=True)
         for start in range(0, len(paths), _PER_REQUEST):
-            boundary = uuid.uuid4().hex
-            _, body = multipart_body(paths[start : start + _PER_REQUEST], boundary)
-            response = await client.post(
-                "/v2/studies",
-                content=b"".join(body),
-                headers={"Content-Type": multipart_content_type(boundary)},
-            )
+            body = multipart_body(paths[start : start + _PER_REQUEST])
+            response = await client.post("/v2/studies", content=b"".join(body), headers={"Content-Type": body.content_type})
             if response.status_code != 200:
                 raise BenchmarkError(f"storing the archive gave HTTP {response.status_code}: {response.text[:500]}")
     return uids

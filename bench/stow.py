@@ -1,17 +1,17 @@
 """STOW-RS: store the corpus, one multipart request per series, from one client.
 
-The request body is streamed from the files by a generator with a known
-Content-Length (no chunked encoding), so the client neither builds 50 MB bodies in
-memory nor becomes the bottleneck, and both servers receive byte-identical requests.
+The request body is streamed from the files with a known Content-Length (no chunked
+encoding) by the upload CLI's own body builder (``dicom_core.client.stow.MultipartBody``),
+so the client neither builds 50 MB bodies in memory nor becomes the bottleneck, and both
+servers receive requests built the same way.
 """
 
 from __future__ import annotations
 
 import collections
 import time
-import uuid
-from collections.abc import Iterator
 from contextlib import suppress
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -24,48 +24,27 @@ from bench.client import client
 from bench.corpus import Corpus, Series
 from bench.process import BenchmarkError
 from bench.scenarios import Result, ceiling, latency, scenario, throughput
+from dicom_core.client.files import Instance
+from dicom_core.client.stow import MultipartBody
 
-CHUNK = 1 << 20
 REFERENCED_SOP_SEQUENCE = "00081199"
 FAILED_SOP_SEQUENCE = "00081198"
 CEILING_CONTAINER = "bench-ceiling-uploads"  # beside our file system, removed afterwards
 
 
-def multipart_body(paths: list[Path], boundary: str) -> tuple[int, Iterator[bytes]]:
-    """The length and a lazy byte stream of a ``multipart/related`` body holding ``paths``."""
-    part_header = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-    closing = f"--{boundary}--\r\n".encode()
-    length = sum(len(part_header) + path.stat().st_size + 2 for path in paths) + len(closing)
-
-    def stream() -> Iterator[bytes]:
-        for path in paths:
-            yield part_header
-            with open(path, "rb") as file:
-                while chunk := file.read(CHUNK):
-                    yield chunk
-            yield b"\r\n"
-        yield closing
-
-    return length, stream()
-
-
-def multipart_content_type(boundary: str) -> str:
-    """The Content-Type of a ``multipart_body`` with ``boundary``."""
-    return f'multipart/related; type="application/dicom"; boundary={boundary}'
+def multipart_body(paths: list[Path]) -> MultipartBody:
+    """The streamed ``multipart/related`` body of ``paths``, built as the upload CLI builds its requests."""
+    instances = [Instance(str(path), path.stat().st_size, partial(path.open, "rb"), "") for path in paths]
+    return MultipartBody(instances, on_bytes=lambda _: None)
 
 
 def store_series(http: httpx.Client, base_url: str, corpus: Corpus, series: Series) -> None:
     """Store one series with one STOW-RS request; raise BenchmarkError unless every instance is stored."""
-    boundary = f"dicom-bench-{uuid.uuid4().hex}"
-    length, body = multipart_body([corpus.path(instance) for instance in series.instances], boundary)
+    body = multipart_body([corpus.path(instance) for instance in series.instances])
     response = http.post(
         f"{base_url}/studies",
         content=body,
-        headers={
-            "Content-Type": multipart_content_type(boundary),
-            "Content-Length": str(length),
-            "Accept": "application/dicom+json",
-        },
+        headers={"Content-Type": body.content_type, "Content-Length": str(body.length), "Accept": "application/dicom+json"},
     )
     if response.status_code != 200:
         raise BenchmarkError(
