@@ -28,7 +28,16 @@ from dicom_core.settings import Settings
 from dicom_core.storage import index as index_module
 from dicom_core.storage.layout import InstanceKey, Scope
 from tests.dicom_files import file_bytes, multipart, new_instance, preamble_zeroed, stow_headers
-from tests.retrieve_helpers import EXPLICIT_LITTLE, bulk_data_uris, instance_url, split_multipart, store, uids
+from tests.retrieve_helpers import (
+    EXPLICIT_LITTLE,
+    bulk_data_uris,
+    frame_count,
+    instance_url,
+    split_multipart,
+    store,
+    stored_frames,
+    uids,
+)
 from tests.server import running_server
 
 AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -220,6 +229,22 @@ async def test_a_known_instance_or_frame_costs_one_lake_request_and_no_index_req
         assert (await other.get(f"/v2/studies/{study}/series/{series}/metadata")).status_code == 200
         response, index_requests, lake_requests = await _costs(host, other, f"{instance_url(instances[2])}/frames/1", FRAMES)
         assert response.status_code == 200 and (index_requests, lake_requests) == (0, 1)
+
+
+async def test_a_frame_that_is_nearly_all_of_its_file_is_read_as_the_whole_file(client, services):
+    """One Get Blob either way; a range would make Azurite read its bytes twice (reading.read_ranges)."""
+    single = new_instance()  # one 32 KB frame in a 39 KB file
+    multi = new_instance(template="emri_small.dcm")  # ten 8 KB frames: one leaves 76 KB of the file out
+    await store(client, [single, multi])
+    for data, read_whole in ((single, True), (multi, False)):
+        dataset = pydicom.dcmread(io.BytesIO(data))
+        frame = stored_frames(dataset)[-1]
+        services.statistics.reset()
+        response = await client.get(f"{instance_url(data)}/frames/{frame_count(dataset)}", headers={"Accept": FRAMES})
+        assert response.status_code == 200
+        assert [content for _, content in split_multipart(response)] == [frame]
+        assert services.statistics.lake_requests == 1
+        assert services.statistics.lake_bytes_read == (len(data) if read_whole else len(frame))
 
 
 async def test_a_first_retrieve_asks_for_the_file_while_the_index_read_is_in_flight(client, settings, monkeypatch):
