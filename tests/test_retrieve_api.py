@@ -22,7 +22,7 @@ from dicom_core.http.media_types import MediaType
 from dicom_core.http.multipart_response import BUFFERED_BODY_BYTES
 from dicom_core.operations.retrieve import instances as retrieve_operation
 from dicom_core.operations.retrieve import streams as retrieve_streams
-from dicom_core.operations.retrieve.reading import ReadAhead
+from dicom_core.operations.retrieve.reading import ReadAhead, open_ranges
 from dicom_core.services import Services
 from dicom_core.settings import Settings
 from dicom_core.storage import index as index_module
@@ -245,6 +245,23 @@ async def test_a_frame_that_is_nearly_all_of_its_file_is_read_as_the_whole_file(
         assert [content for _, content in split_multipart(response)] == [frame]
         assert services.statistics.lake_requests == 1
         assert services.statistics.lake_bytes_read == (len(data) if read_whole else len(frame))
+
+
+async def test_ranges_of_a_file_come_whole_or_cut_from_one_read_across_its_chunks(client, services):
+    data = new_instance(template="eCT_Supplemental.dcm")  # 1 MB: the lake streams it in many chunks
+    await store(client, [data])
+    stored = preamble_zeroed(data)
+    record = await services.index.get_instance(_key(data))
+    end = len(stored)
+    # Most of the file, in ranges that begin and end inside chunks and at their edges, some touching.
+    nearly_all = [(100, 65_436), (65_536, 5), (65_541, 200_000), (300_000, end - 300_000 - 1_000)]
+    apart = [(1, 10), (200_000, 70_000), (end - 10, 10)]
+    for ranges, lake_requests in ((nearly_all, 1), (apart, len(apart)), ([(0, end)], 1)):
+        services.statistics.reset()
+        chunks = [chunk async for chunk in await open_ranges(services, record, ranges)]
+        assert b"".join(chunks) == b"".join(stored[offset : offset + length] for offset, length in ranges)
+        assert services.statistics.lake_requests == lake_requests
+        assert len(chunks) > 1
 
 
 async def test_a_first_retrieve_asks_for_the_file_while_the_index_read_is_in_flight(client, settings, monkeypatch):

@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from dicom_core.dicom.bulkdata import InvalidBulkDataPath, element_value, is_pixel_data, parse_path, slice_ranges
 from dicom_core.errors import BadRequest, NotFound
 from dicom_core.operations.retrieve.finding import find_instance
-from dicom_core.operations.retrieve.reading import open_file, read_dataset, read_header
+from dicom_core.operations.retrieve.reading import open_ranges, read_dataset, read_header
 from dicom_core.operations.retrieve.streams import single
 from dicom_core.services import Services
 from dicom_core.storage.layout import InstanceKey
-from dicom_core.storage.records import InstanceRecord
 
 
 @dataclass
@@ -33,10 +32,10 @@ async def retrieve_bulk_data(services: Services, key: InstanceKey, segments: lis
     if is_pixel_data(path) and instance.frame_ranges:
         ranges = [piece for frame in instance.frame_ranges for piece in frame]
 
-        async def open_ranges(start: int, end: int) -> AsyncIterator[bytes]:
-            return await _open_ranges(services, instance, slice_ranges(ranges, start, end))
+        async def open_pixel_data(start: int, end: int) -> AsyncIterator[bytes]:
+            return await open_ranges(services, instance, slice_ranges(ranges, start, end))
 
-        return BulkData(sum(length for _, length in ranges), open_ranges)
+        return BulkData(sum(length for _, length in ranges), open_pixel_data)
     # Elements before the pixel data are in the header; everything else needs the whole file.
     dataset = await (read_header(services, instance) if instance.frame_ranges else read_dataset(services, instance))
     value = element_value(dataset, path)
@@ -47,19 +46,3 @@ async def retrieve_bulk_data(services: Services, key: InstanceKey, segments: lis
         return single(value[start:end])
 
     return BulkData(len(value), open_value)
-
-
-async def _open_ranges(services: Services, instance: InstanceRecord, ranges: list[tuple[int, int]]) -> AsyncIterator[bytes]:
-    """The bytes of ``ranges`` of the file, in order; the first range is opened before this returns."""
-    if not ranges:
-        return single(b"")
-    first = await open_file(services, instance, *ranges[0])
-
-    async def rest() -> AsyncIterator[bytes]:
-        async for chunk in first:
-            yield chunk
-        for offset, length in ranges[1:]:
-            async for chunk in await open_file(services, instance, offset, length):
-                yield chunk
-
-    return rest()

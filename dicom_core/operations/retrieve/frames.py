@@ -21,7 +21,14 @@ from dicom_core.dicom.transcode import CannotEncode, encoded_frame
 from dicom_core.errors import NotAcceptable, NotFound
 from dicom_core.operations.retrieve.finding import with_instance
 from dicom_core.operations.retrieve.instances import AS_STORED, Part, check_transfer_syntax
-from dicom_core.operations.retrieve.reading import ReadAhead, read_dataset, read_header, read_ranges, require_pixel_data
+from dicom_core.operations.retrieve.reading import (
+    ReadAhead,
+    open_ranges,
+    read_dataset,
+    read_header,
+    read_ranges,
+    require_pixel_data,
+)
 from dicom_core.operations.retrieve.streams import in_order, iterate, single, started
 from dicom_core.services import Services
 from dicom_core.storage.layout import InstanceKey
@@ -90,9 +97,10 @@ async def _frames(
     frame_ranges = instance.frame_ranges
 
     async def frame_part(number: int, header: Dataset | None) -> Part:
+        if header is None:  # as stored: streamed from the lake
+            return Part(media_type, syntax, await open_ranges(services, instance, frame_ranges[number - 1]))
         frame = await read_ranges(services, instance, frame_ranges[number - 1])
-        if header is not None:
-            frame = await asyncio.to_thread(_transcoded_frame, header, instance, frame, syntax)
+        frame = await asyncio.to_thread(_transcoded_frame, header, instance, frame, syntax)
         return Part(media_type, syntax, single(frame))
 
     header = None if as_stored else await read_header(services, instance)

@@ -18,13 +18,13 @@ from pydicom.dataset import Dataset
 
 from dicom_core.dicom.parse import pydicom_lock
 from dicom_core.errors import Conflict, DicomServiceError, NotFound
-from dicom_core.operations.retrieve.streams import prepend
+from dicom_core.operations.retrieve.streams import prepend, single
 from dicom_core.services import Services
 from dicom_core.storage.lake import FileMissing, Lake
 from dicom_core.storage.records import InstanceRecord
 
 WHOLE_FILE_SLACK_BYTES = 64 * 1024
-"""Ranges of a file that leave out at most this many of its bytes are read as the whole file (``read_ranges``)."""
+"""Ranges of a file that leave out at most this many of its bytes are read as the whole file (``open_ranges``)."""
 FILE_REMOVED = "file removed from the lake outside the API"
 FILE_CHANGED = "file modified in the lake outside the API"
 
@@ -142,19 +142,53 @@ async def read(
     return b"".join([chunk async for chunk in await open_file(services, instance, offset, length, ahead=ahead)])
 
 
-async def read_ranges(services: Services, instance: InstanceRecord, ranges: list[tuple[int, int]]) -> bytes:
-    """The bytes of ``ranges`` of the file, joined; from one read of the whole file when they are nearly all of it.
+async def open_ranges(services: Services, instance: InstanceRecord, ranges: list[tuple[int, int]]) -> AsyncIterator[bytes]:
+    """The bytes of ``ranges`` (ascending, not overlapping) of the file, in chunks; the first read is checked before this returns.
 
-    A single-frame CT's frame is all of its file but the header, a few KB. Read whole, it is the
-    same one Get Blob, for bytes that cost nothing on Azure; and Azurite, the local default,
-    serves a whole file with 1 ms less CPU than a range of it, since for a range under 4 MiB it
-    reads the bytes twice, to compute an MD5 it sends only when asked (docs/retrieve.md, Frames).
+    Ranges that are nearly all of the file are read as one whole file, cut here. A single-frame
+    CT's frame is all of its file but the header, a few KB: read whole, it is the same one Get
+    Blob, for bytes that cost nothing on Azure; and Azurite, the local default, serves a whole
+    file with 1 ms less CPU than a range of it, since for a range under 4 MiB it reads the bytes
+    twice, to compute an MD5 it sends only when asked (docs/retrieve.md, Frames).
     """
+    if not ranges:
+        return single(b"")
     if instance.size - sum(length for _, length in ranges) <= WHOLE_FILE_SLACK_BYTES:
-        whole = memoryview(await read(services, instance))
-        return b"".join([whole[offset : offset + length] for offset, length in ranges])
-    parts = await asyncio.gather(*(read(services, instance, offset, length) for offset, length in ranges))
-    return b"".join(parts)
+        return _cut(await open_file(services, instance), ranges)
+    first = await open_file(services, instance, *ranges[0])
+
+    async def rest() -> AsyncIterator[bytes]:
+        async for chunk in first:
+            yield chunk
+        for offset, length in ranges[1:]:
+            async for chunk in await open_file(services, instance, offset, length):
+                yield chunk
+
+    return rest()
+
+
+async def _cut(chunks: AsyncIterator[bytes], ranges: list[tuple[int, int]]) -> AsyncIterator[bytes]:
+    """The bytes of ``ranges`` (ascending, not overlapping) out of ``chunks``, a file's bytes from its start."""
+    position, remaining = 0, iter(ranges)
+    offset, length = next(remaining)
+    async for chunk in chunks:
+        chunk_end = position + len(chunk)
+        while True:
+            start, stop = max(offset, position), min(offset + length, chunk_end)
+            if start < stop:
+                yield chunk[start - position : stop - position]
+            if offset + length > chunk_end:
+                break  # the range goes on in the next chunk
+            following = next(remaining, None)
+            if following is None:
+                return
+            offset, length = following
+        position = chunk_end
+
+
+async def read_ranges(services: Services, instance: InstanceRecord, ranges: list[tuple[int, int]]) -> bytes:
+    """The bytes of ``ranges`` of the file, joined (``open_ranges``)."""
+    return b"".join([chunk async for chunk in await open_ranges(services, instance, ranges)])
 
 
 async def read_header(services: Services, instance: InstanceRecord) -> Dataset:
