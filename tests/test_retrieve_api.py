@@ -256,7 +256,8 @@ async def test_ranges_of_a_file_come_whole_or_cut_from_one_read_across_its_chunk
     # Most of the file, in ranges that begin and end inside chunks and at their edges, some touching.
     nearly_all = [(100, 65_436), (65_536, 5), (65_541, 200_000), (300_000, end - 300_000 - 1_000)]
     apart = [(1, 10), (200_000, 70_000), (end - 10, 10)]
-    for ranges, lake_requests in ((nearly_all, 1), (apart, len(apart)), ([(0, end)], 1)):
+    out_of_order = [(300_000, end - 300_000), (0, 300_000)]  # all of it, but not in file order: range by range
+    for ranges, lake_requests in ((nearly_all, 1), (apart, len(apart)), ([(0, end)], 1), (out_of_order, 2)):
         services.statistics.reset()
         chunks = [chunk async for chunk in await open_ranges(services, record, ranges)]
         assert b"".join(chunks) == b"".join(stored[offset : offset + length] for offset, length in ranges)

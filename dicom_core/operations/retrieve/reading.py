@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -143,7 +144,7 @@ async def read(
 
 
 async def open_ranges(services: Services, instance: InstanceRecord, ranges: list[tuple[int, int]]) -> AsyncIterator[bytes]:
-    """The bytes of ``ranges`` (ascending, not overlapping) of the file, in chunks; the first read is checked before this returns.
+    """The bytes of ``ranges`` of the file, in chunks; the first read is checked before this returns.
 
     Ranges that are nearly all of the file are read as one whole file, cut here. A single-frame
     CT's frame is all of its file but the header, a few KB: read whole, it is the same one Get
@@ -153,7 +154,8 @@ async def open_ranges(services: Services, instance: InstanceRecord, ranges: list
     """
     if not ranges:
         return single(b"")
-    if instance.size - sum(length for _, length in ranges) <= WHOLE_FILE_SLACK_BYTES:
+    in_file_order = all(offset + length <= following for (offset, length), (following, _) in itertools.pairwise(ranges))
+    if in_file_order and instance.size - sum(length for _, length in ranges) <= WHOLE_FILE_SLACK_BYTES:
         return _cut(await open_file(services, instance), ranges)
     first = await open_file(services, instance, *ranges[0])
 
