@@ -22,6 +22,7 @@ from dicom_core.http.media_types import MediaType
 from dicom_core.http.multipart_response import BUFFERED_BODY_BYTES
 from dicom_core.operations.retrieve import instances as retrieve_operation
 from dicom_core.operations.retrieve import streams as retrieve_streams
+from dicom_core.operations.retrieve.frames import FRAME_READ_AHEAD_BYTES
 from dicom_core.operations.retrieve.reading import ReadAhead, open_ranges
 from dicom_core.services import Services
 from dicom_core.settings import Settings
@@ -239,8 +240,10 @@ async def test_a_frame_that_is_nearly_all_of_its_file_is_read_as_the_whole_file(
     for data, read_whole in ((single, True), (multi, False)):
         dataset = pydicom.dcmread(io.BytesIO(data))
         frame = stored_frames(dataset)[-1]
+        url = f"{instance_url(data)}/frames/{frame_count(dataset)}"
+        await client.get(url, headers={"Accept": FRAMES})  # now the record is known: no read-ahead
         services.statistics.reset()
-        response = await client.get(f"{instance_url(data)}/frames/{frame_count(dataset)}", headers={"Accept": FRAMES})
+        response = await client.get(url, headers={"Accept": FRAMES})
         assert response.status_code == 200
         assert [content for _, content in split_multipart(response)] == [frame]
         assert services.statistics.lake_requests == 1
@@ -265,7 +268,8 @@ async def test_ranges_of_a_file_come_whole_or_cut_from_one_read_across_its_chunk
         assert len(chunks) > 1
 
 
-async def test_a_first_retrieve_asks_for_the_file_while_the_index_read_is_in_flight(client, settings, monkeypatch):
+@pytest.mark.parametrize("suffix", ["", "/frames/1"])
+async def test_a_first_retrieve_asks_for_the_file_while_the_index_read_is_in_flight(client, settings, monkeypatch, suffix):
     _, _, [data] = await _series(client, 1)
     async with _another_host(settings) as (host, other):
         file_requested = asyncio.Event()
@@ -282,9 +286,34 @@ async def test_a_first_retrieve_asks_for_the_file_while_the_index_read_is_in_fli
 
         monkeypatch.setattr(host.lake, "open", open_file)
         monkeypatch.setattr(host.index, "get_instance", index_answering_once_the_file_was_asked_for)
-        response, index_requests, lake_requests = await _costs(host, other, instance_url(data), AS_STORED)
+        response, index_requests, lake_requests = await _costs(
+            host, other, instance_url(data) + suffix, FRAMES if suffix else AS_STORED
+        )
         assert response.status_code == 200 and (index_requests, lake_requests) == (1, 1)
-        assert split_multipart(response)[0][1] == preamble_zeroed(data)
+        expected = pydicom.dcmread(io.BytesIO(data)).PixelData if suffix else preamble_zeroed(data)
+        assert split_multipart(response)[0][1] == expected
+
+
+async def test_a_first_frame_read_ahead_serves_a_file_up_to_its_limit_and_is_dropped_beyond(client, settings):
+    small = new_instance(template="emri_small.dcm")  # 84 KB, ten frames: read ahead, every frame cut from it
+    large = new_instance(template="eCT_Supplemental.dcm")  # 1.05 MB, two frames: over FRAME_READ_AHEAD_BYTES
+    await store(client, [small, large])
+    assert len(small) < FRAME_READ_AHEAD_BYTES < len(large)
+    for data, lake_requests in ((small, 1), (large, 2)):
+        frames = stored_frames(pydicom.dcmread(io.BytesIO(data)))
+        async with _another_host(settings) as (host, other):
+            response, index_requests, lake_requests_made = await _costs(host, other, f"{instance_url(data)}/frames/1", FRAMES)
+            assert response.status_code == 200 and split_multipart(response)[0][1] == frames[0]
+            assert (index_requests, lake_requests_made) == (1, lake_requests)
+        async with _another_host(settings) as (host, other):
+            # All of them at once: one part takes the read-ahead, the others read their own range.
+            numbers = ",".join(str(number) for number in range(1, len(frames) + 1))
+            response, _, lake_requests_made = await _costs(host, other, f"{instance_url(data)}/frames/{numbers}", FRAMES)
+            assert response.status_code == 200
+            assert [content for _, content in split_multipart(response)] == frames
+            assert lake_requests_made == (1 + len(frames) if data is large else len(frames))
+            if data is small:
+                assert host.statistics.lake_bytes_read == len(small) + sum(len(frame) for frame in frames[1:])
 
 
 async def test_an_instance_not_stored_costs_the_read_ahead_and_the_reads_that_name_the_missing_level(client, settings):

@@ -30,6 +30,7 @@ async def with_instance(
     use: Callable[[InstanceRecord, ReadAhead | None], Awaitable[T]],
     *,
     read_ahead: bool = False,
+    read_ahead_limit: int | None = None,
 ) -> T:
     """``use`` of the instance ``key``, from this process's cached record when it has one.
 
@@ -40,10 +41,11 @@ async def with_instance(
     as a frame number or a transfer syntax) is decided again on a fresh index read, so every
     error is the one a fresh record gives.
 
-    Without a cached record and with ``read_ahead`` (for a ``use`` that reads the whole file), the
+    Without a cached record and with ``read_ahead`` (for a ``use`` that may read the whole file), the
     file at the instance's layout path is requested at the same time as the index read, and
     ``use`` gets that read to serve it if the record proves it current (reading.ReadAhead): one
-    round trip of latency instead of two.
+    round trip of latency instead of two. With ``read_ahead_limit``, only that many bytes are asked
+    for, and they serve only a file no larger.
     """
     record = services.index.cached_instance(key)
     if record is not None:
@@ -51,7 +53,7 @@ async def with_instance(
             return await use(record, None)
         except (StaleRecord, DicomServiceError):
             pass
-    ahead = ReadAhead(services.lake, services.layout.instance_path(key)) if read_ahead else None
+    ahead = ReadAhead(services.lake, services.layout.instance_path(key), read_ahead_limit) if read_ahead else None
     try:
         return await use(await find_instance(services, key), ahead)
     finally:

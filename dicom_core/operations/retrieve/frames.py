@@ -34,6 +34,11 @@ from dicom_core.services import Services
 from dicom_core.storage.layout import InstanceKey
 from dicom_core.storage.records import InstanceRecord
 
+FRAME_READ_AHEAD_BYTES = 1024 * 1024
+"""The frames of an instance this process has not seen come from a read of its file sent with the index read when
+the file is no larger than this (a single-frame CT, MR or ultrasound image; a small multi-frame one): one round trip
+instead of two. A larger file's read-ahead asks for this much and is dropped."""
+
 
 @dataclass(frozen=True)
 class FrameRendition:
@@ -69,15 +74,15 @@ async def retrieve_frames(
     is negotiated here, from the record the frames are read with.
     """
 
-    async def use(instance: InstanceRecord, _: ReadAhead | None) -> tuple[FrameRendition, AsyncIterator[Part]]:
+    async def use(instance: InstanceRecord, ahead: ReadAhead | None) -> tuple[FrameRendition, AsyncIterator[Part]]:
         rendition = negotiate(instance.transfer_syntax)
-        return rendition, await _frames(services, instance, numbers, rendition)
+        return rendition, await _frames(services, instance, numbers, rendition, ahead)
 
-    return await with_instance(services, key, use)
+    return await with_instance(services, key, use, read_ahead=True, read_ahead_limit=FRAME_READ_AHEAD_BYTES)
 
 
 async def _frames(
-    services: Services, instance: InstanceRecord, numbers: list[int], rendition: FrameRendition
+    services: Services, instance: InstanceRecord, numbers: list[int], rendition: FrameRendition, ahead: ReadAhead | None
 ) -> AsyncIterator[Part]:
     """Frames ``numbers`` of ``instance`` in ``rendition``: as stored, or decoded and encoded in the transfer syntax asked for."""
     check_frame_numbers(instance, numbers)
@@ -98,7 +103,7 @@ async def _frames(
 
     async def frame_part(number: int, header: Dataset | None) -> Part:
         if header is None:  # as stored: streamed from the lake
-            return Part(media_type, syntax, await open_ranges(services, instance, frame_ranges[number - 1]))
+            return Part(media_type, syntax, await open_ranges(services, instance, frame_ranges[number - 1], ahead=ahead))
         frame = await read_ranges(services, instance, frame_ranges[number - 1])
         frame = await asyncio.to_thread(_transcoded_frame, header, instance, frame, syntax)
         return Part(media_type, syntax, single(frame))

@@ -52,28 +52,39 @@ class ReadAhead:
     path and the ETag the lake answered with, which is what the record's own conditional read
     would have returned; for anything else (no record, the original a bulk update kept, another
     ETag, a failed read) the record's own read decides, as without it. A read not taken is closed.
+
+    With ``limit``, only the file's first ``limit`` bytes are asked for, and served only for a
+    record whose file is no larger, so that they are the whole file.
     """
 
-    def __init__(self, lake: Lake, path: str) -> None:
+    def __init__(self, lake: Lake, path: str, limit: int | None = None) -> None:
         self._path = path
-        self._opening = asyncio.ensure_future(lake.open(path))
-        self._taken = False
+        self._limit = limit
+        self._opening = asyncio.ensure_future(lake.open(path, 0, limit))
+        self._claimed = False  # one reader asked for it (frames of one request are opened together)
+        self._served = False
+
+    def may_serve(self, instance: InstanceRecord) -> bool:
+        """Whether this read can be ``instance``'s whole file for a reader that asks now, before its answer is known."""
+        fits = self._limit is None or instance.size <= self._limit
+        return not self._claimed and instance.path == self._path and bool(instance.etag) and fits
 
     async def take(self, instance: InstanceRecord) -> AsyncIterator[bytes] | None:
-        """The file's chunks if they are ``instance``'s recorded version, else None."""
-        if self._taken or instance.path != self._path or not instance.etag:
+        """The file's chunks if they are ``instance``'s recorded version, whole, else None; for one reader only."""
+        if not self.may_serve(instance):
             return None
+        self._claimed = True
         try:
             opened = await self._opening
         except (FileMissing, AzureError):
             return None  # the record's own read meets the same and reports it
         if opened.etag != instance.etag:
             return None
-        self._taken = True
+        self._served = True
         return opened.chunks
 
     async def close(self) -> None:
-        if self._taken:
+        if self._served:
             return
         if not self._opening.done():
             self._opening.cancel()  # abandoned in flight: its connection is closed, not reused
@@ -143,10 +154,13 @@ async def read(
     return b"".join([chunk async for chunk in await open_file(services, instance, offset, length, ahead=ahead)])
 
 
-async def open_ranges(services: Services, instance: InstanceRecord, ranges: list[tuple[int, int]]) -> AsyncIterator[bytes]:
+async def open_ranges(
+    services: Services, instance: InstanceRecord, ranges: list[tuple[int, int]], *, ahead: ReadAhead | None = None
+) -> AsyncIterator[bytes]:
     """The bytes of ``ranges`` of the file, in chunks; the first read is checked before this returns.
 
-    Ranges that are nearly all of the file are read as one whole file, cut here. A single-frame
+    Ranges that are nearly all of the file, or of a file that ``ahead`` read already, are read as one
+    whole file, cut here. A single-frame
     CT's frame is all of its file but the header, a few KB: read whole, it is the same one Get
     Blob, for bytes that cost nothing on Azure; and Azurite, the local default, serves a whole
     file with 1 ms less CPU than a range of it, since for a range under 4 MiB it reads the bytes
@@ -155,8 +169,9 @@ async def open_ranges(services: Services, instance: InstanceRecord, ranges: list
     if not ranges:
         return single(b"")
     in_file_order = all(offset + length <= following for (offset, length), (following, _) in itertools.pairwise(ranges))
-    if in_file_order and instance.size - sum(length for _, length in ranges) <= WHOLE_FILE_SLACK_BYTES:
-        return _cut(await open_file(services, instance), ranges)
+    nearly_all = instance.size - sum(length for _, length in ranges) <= WHOLE_FILE_SLACK_BYTES
+    if in_file_order and (nearly_all or (ahead is not None and ahead.may_serve(instance))):
+        return _cut(await open_file(services, instance, ahead=ahead), ranges)
     first = await open_file(services, instance, *ranges[0])
 
     async def rest() -> AsyncIterator[bytes]:
