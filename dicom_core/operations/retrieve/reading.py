@@ -159,12 +159,12 @@ async def open_ranges(
 ) -> AsyncIterator[bytes]:
     """The bytes of ``ranges`` of the file, in chunks; the first read is checked before this returns.
 
-    Ranges that are nearly all of the file, or of a file that ``ahead`` read already, are read as one
-    whole file, cut here. A single-frame
-    CT's frame is all of its file but the header, a few KB: read whole, it is the same one Get
-    Blob, for bytes that cost nothing on Azure; and Azurite, the local default, serves a whole
-    file with 1 ms less CPU than a range of it, since for a range under 4 MiB it reads the bytes
-    twice, to compute an MD5 it sends only when asked (docs/retrieve.md, Frames).
+    Ranges that are nearly all of the file, or any ranges of a file that ``ahead`` may serve whole,
+    come from one read of the whole file, cut here. A single-frame CT's frame is all of its file but
+    the header, a few KB: read whole, it is the same one Get Blob, for bytes that cost nothing on
+    Azure; and Azurite, the local default, serves a whole file with 1 ms less CPU than a range of it,
+    since for a range under 4 MiB it reads the bytes twice, to compute an MD5 it sends only when
+    asked (docs/retrieve.md, Frames).
     """
     if not ranges:
         return single(b"")
