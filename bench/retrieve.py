@@ -27,11 +27,11 @@ SAMPLES = 100
 METADATA_SAMPLES = 20
 
 
-def _instances(corpus: Corpus, count: int) -> list[tuple[Study, Series, Instance]]:
-    """``count`` instances spread evenly over the corpus."""
+def _instances(corpus: Corpus, count: int, *, between: bool = False) -> list[tuple[Study, Series, Instance]]:
+    """``count`` instances spread evenly over the corpus; with ``between``, those halfway between them."""
     everything = [(study, series, instance) for study, series in corpus.series() for instance in series.instances]
     step = max(len(everything) // count, 1)
-    return everything[::step][:count]
+    return everything[step // 2 if between else 0 :: step][:count]
 
 
 def _series_url(base_url: str, study: Study, series: Series) -> str:
@@ -52,6 +52,12 @@ def _parts(response: httpx.Response, expected: int, what: str) -> None:
 def wado_instance(base_url: str, corpus: Corpus) -> list[Result]:
     """WADO-RS of one instance as stored (transfer-syntax=*), 100 instances across the corpus, twice; latency."""
     return _one_part_latency(base_url, corpus, "", AS_STORED, "WADO-RS one instance")
+
+
+@scenario("wado-frame")
+def wado_frame(base_url: str, corpus: Corpus) -> list[Result]:
+    """WADO-RS of frame 1 (application/octet-stream), 100 other instances across the corpus, twice; latency."""
+    return _one_part_latency(base_url, corpus, "/frames/1", FRAME, "WADO-RS one frame", between=True)
 
 
 @scenario("wado-series")
@@ -103,27 +109,23 @@ def series_metadata(base_url: str, corpus: Corpus) -> list[Result]:
     return [latency(f"series metadata, {len(series.instances)} instances", durations)]
 
 
-@scenario("wado-frame")
-def wado_frame(base_url: str, corpus: Corpus) -> list[Result]:
-    """WADO-RS of frame 1 (application/octet-stream), 100 instances across the corpus, twice; latency."""
-    return _one_part_latency(base_url, corpus, "/frames/1", FRAME, "WADO-RS one frame")
-
-
 @scenario("wado-frame-jp2", optional=True)
 def wado_frame_jp2(base_url: str, corpus: Corpus) -> list[Result]:
     """WADO-RS of frame 1 transcoded to JPEG 2000 Lossless (image/jp2), 100 instances, twice; latency."""
     return _one_part_latency(base_url, corpus, "/frames/1", FRAME_JP2, "WADO-RS one frame as JPEG 2000")
 
 
-def _one_part_latency(base_url: str, corpus: Corpus, suffix: str, accept: str, name: str) -> list[Result]:
-    """The latency of a one-part answer for ``{instance URL}{suffix}``, over SAMPLES instances, twice.
+def _one_part_latency(
+    base_url: str, corpus: Corpus, suffix: str, accept: str, name: str, *, between: bool = False
+) -> list[Result]:
+    """The latency of a one-part answer for ``{instance URL}{suffix}``, over SAMPLES instances (``_instances``), twice.
 
     The first pass asks for each instance for the first time; the second asks again, when
     a server may know where the instance is (as when a viewer comes back to an image).
     """
     urls = [
         _series_url(base_url, study, series) + f"/instances/{instance.sop_instance_uid}{suffix}"
-        for study, series, instance in _instances(corpus, SAMPLES)
+        for study, series, instance in _instances(corpus, SAMPLES, between=between)
     ]
     passes: list[list[float]] = []
     with client() as http:
@@ -185,7 +187,7 @@ def wado_frame_raw(storage: str, corpus: Corpus) -> list[Result]:
 
     async def run(raw: RawStorage) -> list[float]:
         durations = []
-        for study, series, instance in _instances(corpus, SAMPLES):
+        for study, series, instance in _instances(corpus, SAMPLES, between=True):
             path, record = raw.path(study, series, instance), await raw.record(study, series, instance)
             if not record.frame_ranges:
                 raise BenchmarkError(f"{path}: the index has no frame ranges")
