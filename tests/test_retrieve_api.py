@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+import numpy as np
+import openjpeg
 import pydicom
 import pytest
 from dicomweb_client import DICOMwebClient
@@ -248,6 +250,26 @@ async def test_a_frame_that_is_nearly_all_of_its_file_is_read_as_the_whole_file(
         assert [content for _, content in split_multipart(response)] == [frame]
         assert services.statistics.lake_requests == 1
         assert services.statistics.lake_bytes_read == (len(data) if read_whole else len(frame))
+
+
+async def test_a_frame_decoded_reads_its_header_with_it_from_one_read_when_it_is_nearly_the_whole_file(client, services):
+    """Decoding needs the header too: for a CT frame one whole-file read gives both, for an MR's one of ten, two reads."""
+    single, multi = new_instance(), new_instance(template="emri_small.dcm")
+    await store(client, [single, multi])
+    jpeg_2000 = "multipart/related; type=image/jp2"  # each frame decoded and encoded again
+    for data, lake_requests in ((single, 1), (multi, 2)):
+        dataset = pydicom.dcmread(io.BytesIO(data))
+        expected = dataset.pixel_array[0] if frame_count(dataset) > 1 else dataset.pixel_array
+        for suffix, accept in (("/frames/1", jpeg_2000), ("/frames/1/rendered", "image/png")):
+            url = instance_url(data) + suffix
+            await client.get(url, headers={"Accept": accept})  # now the record is known: no read-ahead
+            services.statistics.reset()
+            response = await client.get(url, headers={"Accept": accept})
+            assert response.status_code == 200, response.text
+            assert services.statistics.lake_requests == lake_requests, suffix
+            if suffix == "/frames/1":
+                [(_, codestream)] = split_multipart(response)
+                assert np.array_equal(openjpeg.decode(codestream), expected)
 
 
 async def test_ranges_of_a_file_come_whole_or_cut_from_one_read_across_its_chunks(client, services):

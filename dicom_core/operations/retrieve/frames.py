@@ -25,7 +25,7 @@ from dicom_core.operations.retrieve.reading import (
     ReadAhead,
     open_ranges,
     read_dataset,
-    read_header,
+    read_header_and_frame,
     read_ranges,
     require_pixel_data,
 )
@@ -101,15 +101,19 @@ async def _frames(
 
     frame_ranges = instance.frame_ranges
 
-    async def frame_part(number: int, header: Dataset | None) -> Part:
-        if header is None:  # as stored: streamed from the lake
-            return Part(media_type, syntax, await open_ranges(services, instance, frame_ranges[number - 1], ahead=ahead))
-        frame = await read_ranges(services, instance, frame_ranges[number - 1])
-        frame = await asyncio.to_thread(_transcoded_frame, header, instance, frame, syntax)
-        return Part(media_type, syntax, single(frame))
+    async def stored_part(number: int) -> Part:  # streamed from the lake
+        return Part(media_type, syntax, await open_ranges(services, instance, frame_ranges[number - 1], ahead=ahead))
 
-    header = None if as_stored else await read_header(services, instance)
-    return await started(in_order(numbers, lambda number: frame_part(number, header)))
+    if as_stored:
+        return await started(in_order(numbers, stored_part))
+    # The header, and the first frame with it (from one read when that frame is nearly all of the file).
+    header, first = await read_header_and_frame(services, instance, frame_ranges[numbers[0] - 1], ahead=ahead)
+
+    async def transcoded_part(number: int) -> Part:
+        frame = first if number == numbers[0] else await read_ranges(services, instance, frame_ranges[number - 1])
+        return Part(media_type, syntax, single(await asyncio.to_thread(_transcoded_frame, header, instance, frame, syntax)))
+
+    return await started(in_order(numbers, transcoded_part))
 
 
 def _transcoded_frame(header: Dataset, instance: InstanceRecord, frame: bytes, target: str) -> bytes:

@@ -168,9 +168,7 @@ async def open_ranges(
     """
     if not ranges:
         return single(b"")
-    in_file_order = all(offset + length <= following for (offset, length), (following, _) in itertools.pairwise(ranges))
-    nearly_all = instance.size - sum(length for _, length in ranges) <= WHOLE_FILE_SLACK_BYTES
-    if in_file_order and (nearly_all or (ahead is not None and ahead.may_serve(instance))):
+    if _read_whole(instance, ranges, ahead):
         return _cut(await open_file(services, instance, ahead=ahead), ranges)
     first = await open_file(services, instance, *ranges[0])
 
@@ -182,6 +180,13 @@ async def open_ranges(
                 yield chunk
 
     return rest()
+
+
+def _read_whole(instance: InstanceRecord, ranges: list[tuple[int, int]], ahead: ReadAhead | None) -> bool:
+    """Whether ``ranges`` come from one read of the whole file: in file order, and nearly all of it or of a file read ahead."""
+    in_file_order = all(offset + length <= following for (offset, length), (following, _) in itertools.pairwise(ranges))
+    nearly_all = instance.size - sum(length for _, length in ranges) <= WHOLE_FILE_SLACK_BYTES
+    return in_file_order and (nearly_all or (ahead is not None and ahead.may_serve(instance)))
 
 
 async def _cut(chunks: AsyncIterator[bytes], ranges: list[tuple[int, int]]) -> AsyncIterator[bytes]:
@@ -210,9 +215,29 @@ async def read_ranges(services: Services, instance: InstanceRecord, ranges: list
 
 async def read_header(services: Services, instance: InstanceRecord) -> Dataset:
     """The data set up to the pixel data, from the bytes before the first frame (one ranged read)."""
-    end = min(offset for frame in instance.frame_ranges or [] for offset, _ in frame)
-    head = await read(services, instance, 0, end)
+    head = await read(services, instance, 0, _header_end(instance))
     return await asyncio.to_thread(_parse, head, True)
+
+
+async def read_header_and_frame(
+    services: Services, instance: InstanceRecord, ranges: list[tuple[int, int]], *, ahead: ReadAhead | None = None
+) -> tuple[Dataset, bytes]:
+    """The data set up to the pixel data and the bytes of a frame's ``ranges``, to decode it.
+
+    From one read of the whole file when the frame is nearly all of it (``open_ranges``: a
+    single-frame image), else from the header's range and the frame's, read at the same time.
+    """
+    if ranges and _read_whole(instance, ranges, ahead):
+        data = await read(services, instance, ahead=ahead)
+        header = await asyncio.to_thread(_parse, data[: _header_end(instance)], True)
+        return header, b"".join(data[offset : offset + length] for offset, length in ranges)
+    header, frame = await asyncio.gather(read_header(services, instance), read_ranges(services, instance, ranges))
+    return header, frame
+
+
+def _header_end(instance: InstanceRecord) -> int:
+    """Where the header ends: at the first byte of the first frame."""
+    return min(offset for frame in instance.frame_ranges or [] for offset, _ in frame)
 
 
 async def read_dataset(services: Services, instance: InstanceRecord) -> Dataset:

@@ -11,7 +11,7 @@ from dicom_core.dicom.transcode import can_transcode
 from dicom_core.errors import BadRequest, NotAcceptable, NotFound
 from dicom_core.operations.retrieve.finding import find_instances
 from dicom_core.operations.retrieve.frames import check_frame_numbers
-from dicom_core.operations.retrieve.reading import read_dataset, read_header, read_ranges, require_pixel_data
+from dicom_core.operations.retrieve.reading import read_dataset, read_header_and_frame, require_pixel_data
 from dicom_core.services import Services
 from dicom_core.storage.layout import Scope
 from dicom_core.storage.records import InstanceRecord
@@ -34,9 +34,7 @@ async def retrieve_rendered(services: Services, instance: InstanceRecord, frame_
         pixels = await asyncio.to_thread(decoded_frame_from_dataset, dataset, frame_number - 1)
         header = dataset
     else:
-        header, frame = await asyncio.gather(
-            read_header(services, instance), read_ranges(services, instance, instance.frame_ranges[frame_number - 1])
-        )
+        header, frame = await read_header_and_frame(services, instance, instance.frame_ranges[frame_number - 1])
         pixels = await asyncio.to_thread(decode_frame, header, instance.transfer_syntax, frame)
     try:
         return await asyncio.to_thread(render, header, pixels, options, services.settings.limits.max_rendered_pixels)
