@@ -18,7 +18,7 @@ from bench.client import client
 from bench.corpus import Corpus, Instance, Series, Study
 from bench.process import BenchmarkError
 from bench.scenarios import Result, ceiling, latency, scenario, throughput
-from dicom_core.operations.retrieve.reading import WHOLE_FILE_SLACK_BYTES
+from dicom_core.operations.retrieve.reading import nearly_whole_file
 
 AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 FRAME = 'multipart/related; type="application/octet-stream"'
@@ -181,8 +181,8 @@ def wado_instance_raw(storage: str, corpus: Corpus) -> list[Result]:
 def wado_frame_raw(storage: str, corpus: Corpus) -> list[Result]:
     """One GET of frame 1's bytes of each sampled instance (offsets from its index record), twice.
 
-    A ranged GET, or a GET of the whole file when the frame is all of it but WHOLE_FILE_SLACK_BYTES, as the
-    server reads it: that is the cheaper of the two on Azurite (docs/retrieve.md, Frames).
+    A ranged GET, or a GET of the whole file when the frame is nearly all of it (``nearly_whole_file``), as
+    the server reads it: that is the cheaper of the two on Azurite (docs/retrieve.md, Frames).
     """
 
     async def run(raw: RawStorage) -> list[float]:
@@ -192,7 +192,7 @@ def wado_frame_raw(storage: str, corpus: Corpus) -> list[Result]:
             if not record.frame_ranges:
                 raise BenchmarkError(f"{path}: the index has no frame ranges")
             ranges = record.frame_ranges[0]
-            whole = record.size - sum(length for _, length in ranges) <= WHOLE_FILE_SLACK_BYTES
+            whole = nearly_whole_file(record, ranges)
             started = time.perf_counter()
             await asyncio.gather(*([raw.get(path)] if whole else (raw.get(path, offset, length) for offset, length in ranges)))
             durations.append(time.perf_counter() - started)

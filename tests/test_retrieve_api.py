@@ -235,7 +235,7 @@ async def test_a_known_instance_or_frame_costs_one_lake_request_and_no_index_req
 
 
 async def test_a_frame_that_is_nearly_all_of_its_file_is_read_as_the_whole_file(client, services):
-    """One Get Blob either way; a range would make Azurite read its bytes twice (reading.read_ranges)."""
+    """One Get Blob either way; a range would make Azurite read its bytes twice (reading.open_ranges)."""
     single = new_instance()  # one 32 KB frame in a 39 KB file
     multi = new_instance(template="emri_small.dcm")  # ten 8 KB frames: one leaves 76 KB of the file out
     await store(client, [single, multi])

@@ -25,7 +25,7 @@ from dicom_core.storage.lake import FileMissing, Lake
 from dicom_core.storage.records import InstanceRecord
 
 WHOLE_FILE_SLACK_BYTES = 64 * 1024
-"""Ranges of a file that leave out at most this many of its bytes are read as the whole file (``open_ranges``)."""
+"""Ranges of a file that leave out at most this many of its bytes are read as the whole file (``nearly_whole_file``)."""
 FILE_REMOVED = "file removed from the lake outside the API"
 FILE_CHANGED = "file modified in the lake outside the API"
 
@@ -182,11 +182,20 @@ async def open_ranges(
     return rest()
 
 
+def nearly_whole_file(instance: InstanceRecord, ranges: list[tuple[int, int]]) -> bool:
+    """Whether ``ranges`` are in file order and leave out at most WHOLE_FILE_SLACK_BYTES of the file (read it whole)."""
+    return _in_file_order(ranges) and instance.size - sum(length for _, length in ranges) <= WHOLE_FILE_SLACK_BYTES
+
+
 def _read_whole(instance: InstanceRecord, ranges: list[tuple[int, int]], ahead: ReadAhead | None) -> bool:
-    """Whether ``ranges`` come from one read of the whole file: in file order, and nearly all of it or of a file read ahead."""
-    in_file_order = all(offset + length <= following for (offset, length), (following, _) in itertools.pairwise(ranges))
-    nearly_all = instance.size - sum(length for _, length in ranges) <= WHOLE_FILE_SLACK_BYTES
-    return in_file_order and (nearly_all or (ahead is not None and ahead.may_serve(instance)))
+    """Whether ``ranges`` come from one read of the whole file: nearly all of it, or of a file read ahead."""
+    if nearly_whole_file(instance, ranges):
+        return True
+    return ahead is not None and ahead.may_serve(instance) and _in_file_order(ranges)
+
+
+def _in_file_order(ranges: list[tuple[int, int]]) -> bool:
+    return all(offset + length <= following for (offset, length), (following, _) in itertools.pairwise(ranges))
 
 
 async def _cut(chunks: AsyncIterator[bytes], ranges: list[tuple[int, int]]) -> AsyncIterator[bytes]:
@@ -209,8 +218,11 @@ async def _cut(chunks: AsyncIterator[bytes], ranges: list[tuple[int, int]]) -> A
 
 
 async def read_ranges(services: Services, instance: InstanceRecord, ranges: list[tuple[int, int]]) -> bytes:
-    """The bytes of ``ranges`` of the file, joined (``open_ranges``)."""
-    return b"".join([chunk async for chunk in await open_ranges(services, instance, ranges)])
+    """The bytes of ``ranges`` of the file, joined: from one whole read when they are nearly all of it, else read together."""
+    if nearly_whole_file(instance, ranges):
+        return b"".join([chunk async for chunk in await open_ranges(services, instance, ranges)])
+    parts = await asyncio.gather(*(read(services, instance, offset, length) for offset, length in ranges))
+    return b"".join(parts)
 
 
 async def read_header(services: Services, instance: InstanceRecord) -> Dataset:
