@@ -65,6 +65,8 @@ async def instance_file(client, data: bytes, original: bool = False) -> bytes:
     headers = {"Accept": "application/dicom; transfer-syntax=*"} | ({"msdicom-request-original": "true"} if original else {})
     response = await client.get(instance_url(data), headers=headers)
     assert response.status_code == 200, response.text
+    # An original's size is not the current file's: a Content-Length, when sent, is of the body sent.
+    assert response.headers.get("content-length", str(len(response.content))) == str(len(response.content))
     return response.content
 
 

@@ -99,9 +99,10 @@ async def test_responses_start_before_the_last_file_is_read(client, services, mo
     assert sorted(bodies) == sorted(preamble_zeroed(data) for data in instances) and len(opened) == len(instances)
 
 
-async def test_a_small_answer_is_sent_whole_and_a_large_one_streams(client):
-    """A body that ends within BUFFERED_BODY_BYTES goes out with a Content-Length; a larger one is streamed."""
-    small, large = new_instance(), new_instance(template="eCT_Supplemental.dcm")
+async def test_a_small_answer_is_sent_whole_and_a_large_one_of_one_part_streams_with_its_length(client):
+    """A body within BUFFERED_BODY_BYTES is sent whole; a larger one of one part of known size streams with a
+    Content-Length (a frame, an instance, bulk data); one of several parts in chunks, without one."""
+    small, large = new_instance(), new_instance(template="eCT_Supplemental.dcm")  # 1 MB, two 512 KB frames
     await store(client, [small, large])
     assert len(small) < BUFFERED_BODY_BYTES < len(large)
     for url, accept in (
@@ -109,13 +110,43 @@ async def test_a_small_answer_is_sent_whole_and_a_large_one_streams(client):
         (instance_url(small), AS_STORED),
         (f"{instance_url(small)}/frames/1", FRAMES),
         (f"{instance_url(small)}/metadata", "application/dicom+json"),
+        (instance_url(large), "application/dicom; transfer-syntax=*"),
+        (instance_url(large), AS_STORED),
+        (f"{instance_url(large)}/frames/2", FRAMES),
+        (f"{instance_url(large)}/bulkdata/7FE00010", 'multipart/related; type="application/octet-stream"'),
     ):
         response = await client.get(url, headers={"Accept": accept})
         assert response.status_code == 200 and response.headers["content-length"] == str(len(response.content)), url
-    for accept in ("application/dicom; transfer-syntax=*", AS_STORED):
-        response = await client.get(instance_url(large), headers={"Accept": accept})
-        assert response.status_code == 200 and "content-length" not in response.headers
-        assert preamble_zeroed(large) in response.content
+    frames = stored_frames(pydicom.dcmread(io.BytesIO(large)))
+    response = await client.get(f"{instance_url(large)}/frames/2", headers={"Accept": FRAMES})
+    assert [content for _, content in split_multipart(response)] == [frames[1]]
+    response = await client.get(instance_url(large), headers={"Accept": AS_STORED})
+    assert [content for _, content in split_multipart(response)] == [preamble_zeroed(large)]
+
+    study = uids(large)[0]
+    for url, accept in ((f"/v2/studies/{study}", AS_STORED), (f"{instance_url(large)}/frames/1,2", FRAMES)):
+        response = await client.get(url, headers={"Accept": accept})
+        assert response.status_code == 200 and "content-length" not in response.headers, url
+    assert [content for _, content in split_multipart(response)] == frames
+
+
+def test_a_streamed_body_matches_its_content_length_on_the_wire(settings, tmp_path):
+    """Through the local server (h11 refuses a body that differs from its Content-Length): one part, whole and right."""
+    large = new_instance(template="eCT_Supplemental.dcm")
+    frames = stored_frames(pydicom.dcmread(io.BytesIO(large)))
+    with running_server(settings, tmp_path / "server.log") as (url, _), httpx.Client(base_url=url.removesuffix("/v2")) as http:
+        body, boundary = multipart([large])
+        assert http.post("/v2/studies", content=body, headers=stow_headers(boundary)).status_code == 200
+        for path, accept, expected in (
+            (instance_url(large), "application/dicom; transfer-syntax=*", preamble_zeroed(large)),
+            (f"{instance_url(large)}/frames/1", FRAMES, frames[0]),
+            (f"{instance_url(large)}/bulkdata/7FE00010", 'multipart/related; type="application/octet-stream"', b"".join(frames)),
+        ):
+            response = http.get(path, headers={"Accept": accept})
+            assert response.status_code == 200 and "transfer-encoding" not in response.headers, path
+            assert response.headers["content-length"] == str(len(response.content)), path
+            body = response.content if accept.startswith("application/dicom") else split_multipart(response)[0][1]
+            assert body == expected, path
 
 
 async def test_transfer_syntaxes_of_instances(client):

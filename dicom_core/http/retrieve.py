@@ -70,8 +70,8 @@ async def get_instances(request: Request) -> Response:
         return zip_response(parts, f"{name}.zip")
     if media_type == DICOM:
         part = await anext(parts)
-        return await body_response(part.chunks, f"{DICOM}; transfer-syntax={part.transfer_syntax}")
-    return await multipart_response(parts, DICOM)
+        return await body_response(part.chunks, f"{DICOM}; transfer-syntax={part.transfer_syntax}", length=part.size)
+    return await multipart_response(parts, DICOM, single_part=target.sop is not None)
 
 
 # -- metadata ----------------------------------------------------------------------------------
@@ -155,7 +155,7 @@ async def get_frames(request: Request) -> Response:
         return FrameRendition(choice.offer.part_type or NATIVE_MEDIA_TYPE, choice.transfer_syntax or AS_STORED)
 
     chosen, parts = await retrieve_frames(services, key, numbers, rendition)
-    return await multipart_response(parts, chosen.media_type)
+    return await multipart_response(parts, chosen.media_type, single_part=len(numbers) == 1)
 
 
 # -- bulk data ---------------------------------------------------------------------------------
@@ -196,7 +196,9 @@ async def get_bulk_data(request: Request) -> Response:
     chunks = await bulk_data.open(start, end)
     status = 206 if selected else 200
     if accepted == MULTIPART_RELATED:
-        return await multipart_response(iterate([Part(OCTET_STREAM, None, chunks)]), OCTET_STREAM)
+        return await multipart_response(
+            iterate([Part(OCTET_STREAM, None, chunks, size=end - start)]), OCTET_STREAM, single_part=True
+        )
     headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start)}
     if selected:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{bulk_data.size}"

@@ -97,12 +97,14 @@ async def _frames(
 
     if instance.frame_ranges is None or not (as_stored or decodes_from_frame_bytes(instance.transfer_syntax)):
         frames = await _frames_from_file(services, instance, numbers, None if as_stored else syntax)
-        return iterate(Part(media_type, syntax, single(frame)) for frame in frames)
+        return iterate(Part(media_type, syntax, single(frame), size=len(frame)) for frame in frames)
 
     frame_ranges = instance.frame_ranges
 
     async def stored_part(number: int) -> Part:  # streamed from the lake
-        return Part(media_type, syntax, await open_ranges(services, instance, frame_ranges[number - 1], ahead=ahead))
+        ranges = frame_ranges[number - 1]
+        chunks = await open_ranges(services, instance, ranges, ahead=ahead)
+        return Part(media_type, syntax, chunks, size=sum(length for _, length in ranges))
 
     if as_stored:
         return await started(in_order(numbers, stored_part))
@@ -111,7 +113,8 @@ async def _frames(
 
     async def transcoded_part(number: int) -> Part:
         frame = first if number == numbers[0] else await read_ranges(services, instance, frame_ranges[number - 1])
-        return Part(media_type, syntax, single(await asyncio.to_thread(_transcoded_frame, header, instance, frame, syntax)))
+        encoded = await asyncio.to_thread(_transcoded_frame, header, instance, frame, syntax)
+        return Part(media_type, syntax, single(encoded), size=len(encoded))
 
     return await started(in_order(numbers, transcoded_part))
 

@@ -29,6 +29,9 @@ class Part:
     transfer_syntax: str | None
     chunks: AsyncIterator[bytes]
     name: str = ""
+    size: int | None = None
+    """The byte count of ``chunks`` when it is known before they are read (a file or a frame as recorded), so that a
+    response of this part alone is streamed with a Content-Length."""
 
 
 def check_transfer_syntax(instances: list[InstanceRecord], transfer_syntax: str) -> None:
@@ -79,13 +82,19 @@ async def _started(
     check_transfer_syntax(instances, transfer_syntax)
     if original:
         instances = [as_received(instance) for instance in instances]
-    return await started(in_order(instances, lambda instance: _open_instance(services, instance, transfer_syntax, ahead)))
+    return await started(
+        in_order(instances, lambda instance: _open_instance(services, instance, transfer_syntax, original, ahead))
+    )
 
 
-async def _open_instance(services: Services, instance: InstanceRecord, transfer_syntax: str, ahead: ReadAhead | None) -> Part:
+async def _open_instance(
+    services: Services, instance: InstanceRecord, transfer_syntax: str, original: bool, ahead: ReadAhead | None
+) -> Part:
     name = f"{instance.key.study}/{instance.key.series}/{instance.key.sop}.dcm"
     if transfer_syntax in (AS_STORED, instance.transfer_syntax):
-        return Part(DICOM, instance.transfer_syntax, await open_file(services, instance, ahead=ahead), name)
+        # The index records the size of the current file only, not of an original a bulk update kept.
+        size = None if original and instance.original_path else instance.size
+        return Part(DICOM, instance.transfer_syntax, await open_file(services, instance, ahead=ahead), name, size)
     data = await read(services, instance, ahead=ahead)
     try:
         transcoded = await asyncio.to_thread(transcode, data, transfer_syntax)
@@ -94,4 +103,4 @@ async def _open_instance(services: Services, instance: InstanceRecord, transfer_
             f"instance {instance.key.sop} could not be transcoded from {instance.transfer_syntax} to {transfer_syntax} "
             f"({type(error).__name__}: {error}); ask for transfer-syntax=* to get it as stored"
         ) from error
-    return Part(DICOM, transfer_syntax, single(transcoded), name)
+    return Part(DICOM, transfer_syntax, single(transcoded), name, len(transcoded))
