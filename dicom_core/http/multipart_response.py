@@ -5,8 +5,8 @@ leaves before the last file is read and memory holds only the parts in flight.
 A body that ends within its first ``BUFFERED_BODY_BYTES`` (one small instance, a
 frame of one) is sent whole instead, with a Content-Length (``body_response``).
 A larger body of one part whose size is known before it is read (a file, or a frame,
-as the index records it) streams with a Content-Length too: Chromium spent 3.5 s
-more CPU loading 300 frames of 512 KB with chunked transfer coding than with a
+as the index records it) streams with a Content-Length too: loading 300 frames of
+512 KB, Chromium spent 20-25 s of CPU on chunked ones against 17-18 s with a
 Content-Length, on the cores the server uses (docs/benchmark.md, the viewer).
 
 The zip file (APPNOTE 6.3.x) stores each instance uncompressed (DICOM pixel data
