@@ -42,11 +42,15 @@ def start_server(
 
 @contextmanager
 def running_server(
-    settings: Settings, log: Path, extra_env: dict[str, str] | None = None, module: str = "dicom_core"
+    settings: Settings,
+    log: Path,
+    extra_env: dict[str, str] | None = None,
+    module: str = "dicom_core",
+    log_level: str = "warning",
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """Start the server over ``settings``; yield its /v2 URL and process; stop it after."""
     environment = server_environment(settings) | (extra_env or {})
-    url, process = start_server(environment, log, ("--log-level", "warning"), module)
+    url, process = start_server(environment, log, ("--log-level", log_level), module)
     try:
         yield url, process
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 import uuid
@@ -35,6 +36,26 @@ async def test_dicomweb_client_stores_ct_small_at_its_contract_path(settings, se
     dataset.save_as(sent, enforce_file_format=True)  # what dicomweb-client sends
     assert pydicom.dcmread(io.BytesIO(stored)).SOPInstanceUID == dataset.SOPInstanceUID
     assert stored[128:] == sent.getvalue()[128:]
+
+
+def test_the_log_names_a_searchs_query_keys_and_never_their_values(settings, tmp_path):
+    """At serve's default log level, as the README runs it: one audit event, and no patient ID or name (docs/security.md)."""
+    log = tmp_path / "server.log"
+    patient_id, family_name = f"MRN-{uuid.uuid4().hex[:12]}", f"Doe{uuid.uuid4().hex[:8]}"
+    with running_server(settings, log, log_level="info") as (url, _):
+        response = httpx.get(
+            f"{url}/studies",
+            params={"PatientID": patient_id, "PatientName": f"{family_name}^Jane"},
+            headers={"Accept": "application/dicom+json"},
+        )
+        assert response.status_code == 200, response.text
+        deadline = time.monotonic() + 10
+        while "search_studies" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    text = log.read_text()
+    events = [json.loads(line.split("AUDIT ", 1)[1]) for line in text.splitlines() if "AUDIT " in line]
+    assert [(event["operation"], event["queryKeys"]) for event in events] == [("search_studies", ["PatientID", "PatientName"])]
+    assert patient_id not in text and family_name not in text
 
 
 def _large_instance_template(pixel_bytes: int) -> tuple[bytes, bytes]:

@@ -1,4 +1,4 @@
-"""The local server's HTTP/1.1 connections: uvicorn's h11 protocol, with a bound on request heads.
+"""The local server's HTTP/1.1 connections: uvicorn's h11 protocol, with a bound on request heads, and no access log.
 
 h11 buffers a request's line and header fields until they are complete and refuses
 them beyond ``h11_max_incomplete_event_size``; uvicorn then answers a bare 400 and
@@ -93,8 +93,13 @@ class BoundedHeadProtocol(H11Protocol):
 
 
 def uvicorn_options(limits: Limits) -> dict[str, Any]:
-    """The keyword arguments of uvicorn.run that bound request heads by ``limits``."""
-    return {"http": BoundedHeadProtocol, "h11_max_incomplete_event_size": limits.max_header_bytes}
+    """The keyword arguments of uvicorn.run that bound request heads by ``limits`` and keep query values out of the log.
+
+    uvicorn's access log writes each request line with its query string, and a search's values
+    are patient names and IDs. The audit event (http/audit.py) is the log's one line per
+    request instead: it names the query keys and never their values (docs/security.md).
+    """
+    return {"http": BoundedHeadProtocol, "h11_max_incomplete_event_size": limits.max_header_bytes, "access_log": False}
 
 
 def worker_app(settings: Settings, serve_pid: int) -> Starlette:
