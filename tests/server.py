@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -74,6 +75,20 @@ def wait_until_answering(url: str, process: subprocess.Popen, log: Path, seconds
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the server did not answer within {seconds} s:\n{log.read_text()[-4000:]}") from None
             time.sleep(0.2)
+
+
+def wait_for(condition: Callable[[], bool], what: str, seconds: float = 30) -> None:
+    """Return once ``condition()`` holds; TimeoutError naming ``what`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {seconds} s")
+        time.sleep(0.1)
+
+
+def audit_events(log: Path) -> list[dict]:
+    """The audit events (http/audit.py) a server wrote to its output in ``log``."""
+    return [json.loads(line.split("AUDIT ", 1)[1]) for line in log.read_text().splitlines() if "AUDIT " in line]
 
 
 def peak_rss_bytes(pid: int) -> int:

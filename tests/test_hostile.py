@@ -9,9 +9,7 @@ import os
 import socket
 import struct
 import threading
-import time
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,7 +21,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.uid import generate_uid
 
 from tests.dicom_files import minimal_instance, multipart, new_instance, stow_headers
-from tests.server import running_server
+from tests.server import audit_events, running_server, wait_for
 
 
 async def post_parts(client, parts):
@@ -260,14 +258,6 @@ async def test_encapsulated_pixel_data_inside_a_sequence_item_is_walked_as_fragm
     assert response.status_code == 200, response.text
 
 
-def _wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 30
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not happen within 30 s")
-        time.sleep(0.1)
-
-
 def _deleted_files_open(pid: int) -> int:
     """Files the process holds open that have no name any more: its spooled temporary files on disk."""
     count = 0
@@ -275,10 +265,6 @@ def _deleted_files_open(pid: int) -> int:
         with contextlib.suppress(FileNotFoundError):  # closed while listing
             count += os.readlink(descriptor).endswith("(deleted)")
     return count
-
-
-def _audit_events(log: Path) -> list[dict]:
-    return [json.loads(line.split("AUDIT ", 1)[1]) for line in log.read_text().splitlines() if "AUDIT " in line]
 
 
 async def test_a_client_that_disconnects_mid_body_is_audited_as_such_and_leaves_nothing(settings, services, tmp_path):
@@ -295,12 +281,12 @@ async def test_a_client_that_disconnects_mid_body_is_audited_as_such_and_leaves_
         )
         with socket.create_connection((address.hostname, address.port)) as connection:
             connection.sendall(head.encode() + body[: len(body) // 2])
-            _wait_for(lambda: _deleted_files_open(process.pid) > baseline, "spooling the part to disk")
-        _wait_for(lambda: any(event["status"] == 499 for event in _audit_events(log)), "the audit event")
+            wait_for(lambda: _deleted_files_open(process.pid) > baseline, "spooling the part to disk")
+        wait_for(lambda: any(event["status"] == 499 for event in audit_events(log)), "the audit event")
         assert _deleted_files_open(process.pid) == baseline
         study = pydicom.dcmread(io.BytesIO(instance)).StudyInstanceUID
         assert await services.index.get_study("Microsoft.Default", study) is None
-    [event] = _audit_events(log)
+    [event] = audit_events(log)
     assert (event["operation"], event["status"], event["outcome"]) == ("store_instances", 499, "client-disconnected")
     text = log.read_text()
     assert "incident" not in text and "Traceback" not in text and " ERROR " not in text

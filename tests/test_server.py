@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import time
 import uuid
@@ -18,7 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicom_core.storage.layout import InstanceKey
 from tests.dicom_files import preamble_zeroed, sample_path
-from tests.server import current_rss_bytes, peak_rss_bytes, running_server
+from tests.server import audit_events, current_rss_bytes, peak_rss_bytes, running_server, wait_for
 
 
 async def test_dicomweb_client_stores_ct_small_at_its_contract_path(settings, services, tmp_path):
@@ -49,12 +48,10 @@ def test_the_log_names_a_searchs_query_keys_and_never_their_values(settings, tmp
             headers={"Accept": "application/dicom+json"},
         )
         assert response.status_code == 200, response.text
-        deadline = time.monotonic() + 10
-        while "search_studies" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.1)
-    text = log.read_text()
-    events = [json.loads(line.split("AUDIT ", 1)[1]) for line in text.splitlines() if "AUDIT " in line]
+        wait_for(lambda: audit_events(log), "the search's audit event")
+    events = audit_events(log)
     assert [(event["operation"], event["queryKeys"]) for event in events] == [("search_studies", ["PatientID", "PatientName"])]
+    text = log.read_text()
     assert patient_id not in text and family_name not in text
 
 
