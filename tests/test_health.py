@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from dicom_core.operations.health import DEGRADED, HEALTHY, health_status, write_health_file
 from dicom_core.operations.reconcile import contract_files
 from dicom_core.services import Services
@@ -61,6 +64,12 @@ async def test_the_local_server_writes_the_health_file_in_the_background(setting
     from tests.server import running_server
 
     with running_server(settings, tmp_path / "server.log") as (url, _):
-        assert [f async for f in services.lake.list(services.layout.health_folder)], "written at startup"
+        # The first check starts with the server, beside its first answers; the next comes 30 s later.
+        deadline = time.monotonic() + 10
+        while not (written := [f async for f in services.lake.list(services.layout.health_folder)]):
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert written, "written at startup"
         response = httpx.get(f"{url}/health/check", timeout=10)
     assert response.status_code == 200 and response.json()["status"] == "Healthy"
